@@ -1,0 +1,45 @@
+"""Input pipelines: `make_dataset(config.data, split, ...)` -> an iterator of numpy batches with a saveable state.
+
+Every dataset is a `DatasetSpec` in `DATASETS`; `default_data_config(name)` gives its `config.data` (the keys are
+documented in the dataset's module). Batches are per process: `batch_size` is this process's share of the global
+batch, and process `shard_index` of `shard_count` (jax.process_index() / jax.process_count()) gets its slice of every
+global batch (sampler.py). Only numpy is needed for 'chars' and 'text8'; other datasets import their packages lazily.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from md4_jax.data import chars
+from md4_jax.data.interface import DataInfo, DataNotFoundError, Dataset, DatasetSpec, SPLITS
+
+DATASETS: dict[str, DatasetSpec] = {
+    'chars': chars.CHARS,
+    'text8': chars.TEXT8,
+}
+
+__all__ = ['DATASETS', 'DataInfo', 'DataNotFoundError', 'Dataset', 'DatasetSpec', 'SPLITS', 'dataset_info',
+           'default_data_config', 'make_dataset']
+
+
+def _spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ValueError(f'unknown dataset {name!r}; valid: {", ".join(sorted(DATASETS))}')
+  return DATASETS[name]
+
+
+def default_data_config(name: str) -> ml_collections.ConfigDict:
+  """The `config.data` of dataset `name` with its defaults."""
+  return _spec(name).default_config()
+
+
+def dataset_info(data_config: ml_collections.ConfigDict) -> DataInfo:
+  """Vocabulary size, example shape, number of classes and decoder of `config.data`."""
+  return _spec(data_config.name).info(data_config)
+
+
+def make_dataset(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int,
+                 shard_index: int = 0, shard_count: int = 1) -> Dataset:
+  """This process's batches of `split` ('train': infinite and shuffled; 'validation' / 'test': one pass in order,
+  the last incomplete global batch dropped)."""
+  return _spec(data_config.name).make(data_config, split, batch_size=batch_size, seed=seed,
+                                      shard_index=shard_index, shard_count=shard_count)

@@ -1,0 +1,69 @@
+"""The contract every dataset implements: `DataInfo`, the `Dataset` iterator, `DatasetSpec`, errors."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import ml_collections
+import numpy as np
+
+SPLITS = ('train', 'validation', 'test')
+
+
+class DataNotFoundError(FileNotFoundError):
+  """A data file or directory is missing; the message names the path and how to obtain the data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """Static facts about a dataset, enough to build a model and show its samples.
+
+  Attributes:
+    vocab_size: V, the number of data tokens; the mask id is V.
+    data_shape: shape of one example, (L,) for text, (H, W, C) for images.
+    num_classes: number of class labels (batches then carry 'label'), 0 if none.
+    decode: token ids [..., *data_shape] -> text (str for one example, an array of str for a batch) or uint8
+      images [..., H, W, C].
+  """
+  vocab_size: int
+  data_shape: tuple[int, ...]
+  num_classes: int
+  decode: Callable[[np.ndarray], str | np.ndarray]
+
+
+class Dataset(Protocol):
+  """An iterator over one process's batches: {'x': int32 [B, *data_shape]} (+ 'label': int32 [B])."""
+
+  def __iter__(self) -> Dataset:
+    ...
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    ...
+
+  def get_state(self) -> dict[str, Any]:
+    """A small JSON-serialisable dict: where the next batch starts."""
+    ...
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Continue from a state returned by `get_state` (of this or any dataset built from the same data)."""
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One entry of the `DATASETS` registry.
+
+  Attributes:
+    default_config: () -> the dataset's `config.data` with every key it reads.
+    info: config.data -> DataInfo.
+    make: (config.data, split, *, batch_size, seed, shard_index, shard_count) -> Dataset.
+  """
+  default_config: Callable[[], ml_collections.ConfigDict]
+  info: Callable[[ml_collections.ConfigDict], DataInfo]
+  make: Callable[..., Dataset]
+
+
+def check_split(split: str) -> None:
+  """Raises ValueError unless `split` is one of SPLITS."""
+  if split not in SPLITS:
+    raise ValueError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
