@@ -46,9 +46,11 @@ def mask_tokens(key: jax.Array, x: jax.Array, alpha_t: jax.Array, mask_id: int) 
   Returns:
     z_t: int32 [B, *S].
   """
-  if _is_concrete(x) and x.size and (np.min(x) < 0 or np.max(x) >= mask_id):
-    raise ValueError(f"data tokens must lie in [0, {mask_id}) with mask id {mask_id} outside the "
-                     f"vocabulary; got tokens in [{np.min(x)}, {np.max(x)}]")
+  if _is_concrete(x) and x.size:
+    x_np = np.asarray(x)  # numpy, not jnp: a jnp reduction inside a trace would give a tracer
+    if x_np.min() < 0 or x_np.max() >= mask_id:
+      raise ValueError(f"data tokens must lie in [0, {mask_id}) with mask id {mask_id} outside the "
+                       f"vocabulary; got tokens in [{x_np.min()}, {x_np.max()}]")
   if alpha_t.ndim not in (1, x.ndim) or alpha_t.shape[0] != x.shape[0] or (
       alpha_t.ndim == x.ndim and alpha_t.shape != x.shape):
     raise ValueError(f"alpha_t must have shape [B]={x.shape[:1]} or {x.shape}; got {alpha_t.shape}")

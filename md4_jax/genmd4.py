@@ -71,8 +71,8 @@ def _check(w: jax.Array, denoise_fn, x: jax.Array) -> None:
   vocab_size = diffusion.denoiser_vocab_size(denoise_fn, x)
   if w.shape != (vocab_size,):
     raise ValueError(f"w must have shape [V]=({vocab_size},); got {w.shape}")
-  if not isinstance(w, jax.core.Tracer) and np.any(np.asarray(w) <= 0):
-    raise ValueError(f"w must be positive (use w = softplus(w_raw)); min is {np.min(w)}")
+  if not isinstance(w, jax.core.Tracer) and np.asarray(w).min() <= 0:
+    raise ValueError(f"w must be positive (use w = softplus(w_raw)); min is {np.asarray(w).min()}")
 
 
 def nelbo(denoise_fn, key: jax.Array, x: jax.Array, w: jax.Array, eps: float = 1e-4,
