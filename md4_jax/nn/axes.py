@@ -1,0 +1,25 @@
+"""Logical axis names carried by every network parameter (`nnx.with_partitioning`).
+
+Each parameter's annotation is a tuple with one name (or None) per array dimension. The training
+loop maps logical names to mesh axes; `RULES` is a valid default for a ('data', 'fsdp', 'tensor')
+mesh: no parameter carries two names that map to the same mesh axis, and V (or V+1) is never
+sharded (50257 is prime to any device count).
+"""
+
+from __future__ import annotations
+
+VOCAB = "vocab"        # V data tokens (logits) or V+1 input ids (embedding rows)
+EMBED = "embed"        # transformer width d (residual stream)
+MLP = "mlp"            # gated-MLP hidden width
+HEADS = "heads"        # num_heads * head_dim of q, k, v (and the input of the attention output)
+COND = "cond"          # width of the time / label conditioning vector
+CHANNELS = "channels"  # feature channels of the convolutional networks
+
+RULES = (
+    (VOCAB, None),
+    (EMBED, "fsdp"),
+    (MLP, "tensor"),
+    (HEADS, "tensor"),
+    (COND, None),
+    (CHANNELS, "fsdp"),
+)

@@ -1,0 +1,31 @@
+"""Config validation shared by the network configs: every failure is a ValueError naming the value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def check_choice(name: str, value: Any, options) -> None:
+  if value not in options:
+    raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, options))}")
+
+
+def check_positive(**values: int) -> None:
+  for name, value in values.items():
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def check_rate(name: str, value: float) -> None:
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name} must lie in [0, 1); got {value!r}")
+
+
+def check_divides(name: str, value: int, divisor_name: str, divisor: int) -> None:
+  if value % divisor:
+    raise ValueError(f"{name}={value} must be divisible by {divisor_name}={divisor}")

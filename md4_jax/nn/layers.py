@@ -1,0 +1,76 @@
+"""Primitive layers shared by all networks: annotated Dense, norms, call-time dropout.
+
+Parameters are float32 and annotated with logical axes (`axes.py`); matmuls run in the compute
+dtype `dtype`; the residual stream and the norms stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from md4_jax.nn import axes
+
+NORM_EPS = 1e-5
+EMBED_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)  # flax Embed
+
+
+def partitioned(init, names: tuple[str | None, ...]):
+  """Initializer annotated with logical axis names, without eager sharding: the module builds
+  without a mesh, and the training loop turns `nnx.get_partition_spec` + `axes.RULES` into
+  shardings (e.g. by jitting the init with those out_shardings)."""
+  return nnx.with_partitioning(init, names, eager_sharding=False)
+
+
+def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs,
+          use_bias: bool = True, zero: bool = False, init_scale: float = 1.0,
+          dtype=jnp.float32) -> nnx.Linear:
+  """nnx.Linear with partitioned kernel/bias; `zero` -> zero kernel (adaLN-Zero, output heads)."""
+  if zero:
+    kernel_init = nnx.initializers.zeros_init()
+  else:
+    kernel_init = nnx.initializers.variance_scaling(init_scale, "fan_in", "truncated_normal")
+  return nnx.Linear(
+      in_dim, out_dim, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=partitioned(kernel_init, names),
+      bias_init=partitioned(nnx.initializers.zeros_init(), (names[1],)), rngs=rngs)
+
+
+def rms_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.RMSNorm:
+  return nnx.RMSNorm(dim, epsilon=NORM_EPS, rngs=rngs,
+                     scale_init=partitioned(nnx.initializers.ones_init(), (axes.EMBED,)))
+
+
+def scale_free_layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm without parameters, modulated by adaLN shift / scale."""
+  return nnx.LayerNorm(dim, epsilon=NORM_EPS, use_bias=False, use_scale=False, rngs=rngs)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None,
+            broadcast_dims: Sequence[int] = ()) -> jax.Array:
+  """Inverted dropout; identity when `key` is None or rate is 0 (no RNG lives in the module)."""
+  return nnx.Dropout(rate, broadcast_dims=broadcast_dims)(x, deterministic=key is None, rngs=key)
+
+
+def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
+  return [None] * num if key is None else list(jax.random.split(key, num))
+
+
+def conv3x3(in_dim: int, out_dim: int, *, rngs: nnx.Rngs, zero: bool = False,
+            dtype=jnp.float32) -> nnx.Conv:
+  """3x3 'SAME' convolution (flax default init or zero), output channels partitioned."""
+  kernel_init = nnx.initializers.zeros_init() if zero else nnx.initializers.lecun_normal()
+  return nnx.Conv(
+      in_dim, out_dim, kernel_size=(3, 3), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=partitioned(kernel_init, (None, None, None, axes.CHANNELS)),
+      bias_init=partitioned(nnx.initializers.zeros_init(), (axes.CHANNELS,)), rngs=rngs)
+
+
+def group_norm(dim: int, num_groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
+  return nnx.GroupNorm(
+      dim, num_groups=num_groups, epsilon=1e-6, rngs=rngs,
+      scale_init=partitioned(nnx.initializers.ones_init(), (axes.CHANNELS,)),
+      bias_init=partitioned(nnx.initializers.zeros_init(), (axes.CHANNELS,)))
