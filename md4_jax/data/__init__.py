@@ -10,11 +10,13 @@ from __future__ import annotations
 import ml_collections
 
 from md4_jax.data import chars
+from md4_jax.data import owt
 from md4_jax.data.interface import DataInfo, DataNotFoundError, Dataset, DatasetSpec, SPLITS
 
 DATASETS: dict[str, DatasetSpec] = {
     'chars': chars.CHARS,
     'text8': chars.TEXT8,
+    'owt': owt.OWT,
 }
 
 __all__ = ['DATASETS', 'DataInfo', 'DataNotFoundError', 'Dataset', 'DatasetSpec', 'SPLITS', 'dataset_info',
