@@ -64,10 +64,10 @@ def test_decode_text_batch_and_mask():
 
 
 def test_split_bounds_are_the_text8_split():
-  assert text_corpus.split_bounds(100_000_000, 0.9, 0.05) == {
+  assert data.split_bounds(100_000_000, 0.9, 0.05) == {
       'train': (0, 90_000_000), 'validation': (90_000_000, 95_000_000), 'test': (95_000_000, 100_000_000)}
   with pytest.raises(ValueError, match='train_fraction=0.9, validation_fraction=0.2'):
-    text_corpus.split_bounds(100, 0.9, 0.2)
+    data.split_bounds(100, 0.9, 0.2)
 
 
 def test_train_epoch_reads_every_overlapping_window_once(tmp_path):

@@ -10,17 +10,21 @@ from __future__ import annotations
 import ml_collections
 
 from md4_jax.data import chars
+from md4_jax.data import images
 from md4_jax.data import owt
-from md4_jax.data.interface import DataInfo, DataNotFoundError, Dataset, DatasetSpec, SPLITS
+from md4_jax.data.interface import DataInfo, DataNotFoundError, Dataset, DatasetSpec, SPLITS, split_bounds
 
 DATASETS: dict[str, DatasetSpec] = {
     'chars': chars.CHARS,
     'text8': chars.TEXT8,
     'owt': owt.OWT,
+    'digits': images.DIGITS,
+    'cifar10': images.CIFAR10,
+    'imagenet64': images.IMAGENET64,
 }
 
 __all__ = ['DATASETS', 'DataInfo', 'DataNotFoundError', 'Dataset', 'DatasetSpec', 'SPLITS', 'dataset_info',
-           'default_data_config', 'make_dataset']
+           'default_data_config', 'make_dataset', 'split_bounds']
 
 
 def _spec(name: str) -> DatasetSpec:

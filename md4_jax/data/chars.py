@@ -25,7 +25,7 @@ import numpy as np
 
 from md4_jax.data import sampler as sampler_lib
 from md4_jax.data import text_corpus
-from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split
+from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split, split_bounds
 
 TEXT8_URL = 'http://mattmahoney.net/dc/text8.zip'
 _CHARS_HOW = 'point config.data.path at a .txt, .txt.gz or .zip file, or set it to None for the built-in corpus'
@@ -61,10 +61,9 @@ def _make_windows(config: ml_collections.ConfigDict, corpus_path: str | None, ho
   if seq_len < 1 or stride < 1:
     raise ValueError(f'seq_len={seq_len}, train_stride={stride}; both must be positive ints')
   corpus = text_corpus.load_corpus(corpus_path, how_to_obtain)
-  start, stop = text_corpus.split_bounds(corpus.size, config.train_fraction, config.validation_fraction)[split]
+  start, stop = split_bounds(corpus.size, config.train_fraction, config.validation_fraction)[split]
   tokens = corpus[start:stop]  # [N_split]
-  train = split == 'train'
-  step = stride if train else seq_len
+  step = stride if split == 'train' else seq_len
   if tokens.size < seq_len:
     name = corpus_path or text_corpus.BUILTIN_NAME
     raise ValueError(f'corpus {name!r} has {corpus.size} characters after normalisation, so its {split} split has '
@@ -75,9 +74,8 @@ def _make_windows(config: ml_collections.ConfigDict, corpus_path: str | None, ho
   def fetch(indices: np.ndarray) -> dict[str, np.ndarray]:
     return {'x': tokens[indices[:, None] * step + offsets].astype(np.int32)}  # [B, L]
 
-  index_sampler = sampler_lib.IndexSampler(num_records, batch_size=batch_size, seed=seed, shuffle=train,
-                                           repeat=train, shard_index=shard_index, shard_count=shard_count)
-  return sampler_lib.RecordDataset(index_sampler, fetch)
+  return sampler_lib.split_dataset(num_records, split, fetch, batch_size=batch_size, seed=seed,
+                                   shard_index=shard_index, shard_count=shard_count)
 
 
 def make_chars(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,

@@ -67,3 +67,13 @@ def check_split(split: str) -> None:
   """Raises ValueError unless `split` is one of SPLITS."""
   if split not in SPLITS:
     raise ValueError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
+
+
+def split_bounds(num_records: int, train_fraction: float, validation_fraction: float) -> dict[str, tuple[int, int]]:
+  """[start, stop) per split: train first, then validation, test the rest (text8: 90M / 5M / 5M)."""
+  if not (0 < train_fraction < 1 and 0 < validation_fraction < 1 and train_fraction + validation_fraction < 1):
+    raise ValueError(f'train_fraction={train_fraction}, validation_fraction={validation_fraction}; need both in '
+                     '(0, 1) with a sum below 1 (test gets the rest)')
+  train_stop = int(num_records * train_fraction)
+  validation_stop = int(num_records * (train_fraction + validation_fraction))
+  return {'train': (0, train_stop), 'validation': (train_stop, validation_stop), 'test': (validation_stop, num_records)}

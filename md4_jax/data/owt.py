@@ -42,10 +42,9 @@ def make_owt(config: ml_collections.ConfigDict, split: str, *, batch_size: int, 
   if records.seq_len != config.seq_len:
     raise ValueError(f'config.data.seq_len={config.seq_len} but {config.path!r} holds {records.seq_len}-token '
                      'blocks; set seq_len to match or prepare the data again')
-  train = split == 'train'
-  index_sampler = sampler_lib.IndexSampler(records.num_records, batch_size=batch_size, seed=seed, shuffle=train,
-                                           repeat=train, shard_index=shard_index, shard_count=shard_count)
-  return sampler_lib.RecordDataset(index_sampler, lambda indices: {'x': records.fetch(indices)})
+  return sampler_lib.split_dataset(records.num_records, split, lambda indices: {'x': records.fetch(indices)},
+                                   batch_size=batch_size, seed=seed, shard_index=shard_index,
+                                   shard_count=shard_count)
 
 
 OWT = DatasetSpec(default_config=owt_default_config, info=owt_info, make=make_owt)

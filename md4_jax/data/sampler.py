@@ -123,3 +123,12 @@ class RecordDataset:
 
   def set_state(self, state: dict[str, Any]) -> None:
     self.sampler.set_state(state)
+
+
+def split_dataset(num_records: int, split: str, fetch: Callable[[np.ndarray], dict[str, np.ndarray]], *,
+                  batch_size: int, seed: int, shard_index: int, shard_count: int) -> RecordDataset:
+  """'train': shuffled per epoch, repeated forever; 'validation' / 'test': one pass in order."""
+  train = split == 'train'
+  index_sampler = IndexSampler(num_records, batch_size=batch_size, seed=seed, shuffle=train, repeat=train,
+                               shard_index=shard_index, shard_count=shard_count)
+  return RecordDataset(index_sampler, fetch)

@@ -97,16 +97,6 @@ def load_corpus(path: str | None, how_to_obtain: str) -> np.ndarray:
   return _load_cached(path, how_to_obtain, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
 
 
-def split_bounds(num_chars: int, train_fraction: float, validation_fraction: float) -> dict[str, tuple[int, int]]:
-  """[start, stop) per split: train first, then validation, test the rest (text8: 90M / 5M / 5M)."""
-  if not (0 < train_fraction < 1 and 0 < validation_fraction < 1 and train_fraction + validation_fraction < 1):
-    raise ValueError(f'train_fraction={train_fraction}, validation_fraction={validation_fraction}; need both in '
-                     '(0, 1) with a sum below 1 (test gets the rest)')
-  train_stop = int(num_chars * train_fraction)
-  validation_stop = int(num_chars * (train_fraction + validation_fraction))
-  return {'train': (0, train_stop), 'validation': (train_stop, validation_stop), 'test': (validation_stop, num_chars)}
-
-
 def decode_chars(tokens: np.ndarray) -> str | np.ndarray:
   """Token ids [..., L] -> str (for [L]) or array of str [...]; the mask id shows as MASK_CHAR."""
   tokens = np.asarray(tokens)
