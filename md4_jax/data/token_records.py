@@ -43,6 +43,7 @@ class ShardWriter:
   def __init__(self, directory: str, split: str, records_per_shard: int):
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
     self._module = array_record_module
+    os.makedirs(directory, exist_ok=True)
     self._directory, self._split, self._records_per_shard = directory, split, records_per_shard
     self.files: list[str] = []
     self.num_records = 0
