@@ -12,6 +12,7 @@ import ml_collections
 from md4_jax.data import chars
 from md4_jax.data import images
 from md4_jax.data import owt
+from md4_jax.data import zeroshot
 from md4_jax.data.interface import DataInfo, DataNotFoundError, Dataset, DatasetSpec, SPLITS, split_bounds
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -21,6 +22,7 @@ DATASETS: dict[str, DatasetSpec] = {
     'digits': images.DIGITS,
     'cifar10': images.CIFAR10,
     'imagenet64': images.IMAGENET64,
+    **zeroshot.SPECS,
 }
 
 __all__ = ['DATASETS', 'DataInfo', 'DataNotFoundError', 'Dataset', 'DatasetSpec', 'SPLITS', 'dataset_info',
