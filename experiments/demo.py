@@ -1,0 +1,30 @@
+"""Demo: a tiny MD4 on the embedded corpus (pydoc_data.topics, text8-normalised); CPU, under 2 minutes.
+
+    python -m md4_jax.train --config experiments/demo.py --workdir /tmp/md4_demo
+
+Writes checkpoints, metrics and samples (workdir/samples/*.txt) that look like words.
+"""
+
+from md4_jax import config_base
+
+
+def get_config():
+  config = config_base.get_base_config()
+  config.data.path = None             # the built-in corpus
+  config.data.seq_len = 64
+  config.model.size = "tiny"
+  config.model.network.update(num_layers=2, num_heads=4, width=128)
+  config.optim.lr = 2e-3
+  config.optim.warmup_steps = 50
+  config.optim.ema_decay = 0.99
+  config.train.num_steps = 600
+  config.train.batch_size = 64
+  config.train.log_every = 50
+  config.train.eval_every = 300
+  config.train.eval_batch_size = 64
+  config.train.eval_batches = 20
+  config.train.sample_every = 600
+  config.train.num_samples = 4
+  config.train.checkpoint_every = 300
+  config.sampler.num_steps = 64
+  return config

@@ -1,0 +1,58 @@
+"""Metric output on process 0: a console progress line, JSONL and TensorBoard (tensorboardX)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+def _fmt_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class MetricWriter:
+  """Writes scalars to workdir/metrics.jsonl and workdir/tensorboard on process 0."""
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.enabled = jax.process_index() == 0
+    self.total_steps = total_steps
+    self._last = None  # (time, step) of the last progress line
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, step)
+    self._tb.flush()
+
+  def progress(self, step: int, scalars: dict[str, float]) -> float | None:
+    """Prints 'step | metrics | steps/s | ETA'; returns steps/s since the last call (None the first time)."""
+    now = time.time()
+    rate = None
+    if self._last is not None and step > self._last[1]:
+      rate = (step - self._last[1]) / (now - self._last[0])
+    self._last = (now, step)
+    if self.enabled:
+      parts = [f"step {step}/{self.total_steps}"] + [f"{k} {v:.4g}" for k, v in scalars.items()]
+      if rate:
+        parts += [f"{rate:.2f} steps/s", f"ETA {_fmt_duration((self.total_steps - step) / rate)}"]
+      print(" | ".join(parts), flush=True)
+    return rate
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

@@ -1,0 +1,119 @@
+"""DiffusionModel: a denoising network plus (for GenMD4) its learnable schedule exponents.
+
+The network maps (z_t, t, cond) to logits; the model turns them into the denoiser of diffusion.py
+(log-probabilities over the V data tokens) and composes the objectives. No loops, no optimizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from md4_jax import diffusion
+from md4_jax import genmd4
+from md4_jax.nn import SIZES, make_network
+from md4_jax.schedules import MaskingSchedule, make_schedule
+
+OBJECTIVES = ("md4", "genmd4")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+  """The `config.diffusion` group as a typed value."""
+  objective: str = "md4"       # 'md4' | 'genmd4'
+  schedule: str = "linear"     # a make_schedule name (GenMD4: the per-token poly, this is ignored)
+  eps: float = 1e-4
+  antithetic: bool = True
+  cont_time: bool = True       # False: the discrete-time L_T with `num_steps`
+  num_steps: int = 1000
+  power_init: float = 1.0      # GenMD4: initial w
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"unknown diffusion.objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if self.objective == "genmd4" and not self.cont_time:
+      raise ValueError("diffusion.objective='genmd4' needs diffusion.cont_time=True")
+    make_schedule(self.schedule, self.eps)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> DiffusionConfig:
+    return cls(**config.to_dict())
+
+  @property
+  def masking_schedule(self) -> MaskingSchedule:
+    return make_schedule(self.schedule, self.eps)
+
+
+class Loss(NamedTuple):
+  objective: jax.Array  # [] what the optimizer minimises (the GenMD4 surrogate, or mean NELBO)
+  nelbo: jax.Array      # [B] per-example NELBO in nats: the number to report
+
+
+class DiffusionModel(nnx.Module):
+  """A network wrapped as a denoiser, and its NELBO."""
+
+  def __init__(self, network: nnx.Module, diffusion_config: DiffusionConfig, vocab_size: int, *,
+               rngs: nnx.Rngs):
+    del rngs  # the network is built by the caller
+    self.network = network
+    self.diffusion_config = diffusion_config
+    self.vocab_size = vocab_size
+    self.w_raw = (nnx.Param(genmd4.init_w_raw(vocab_size, diffusion_config.power_init))
+                  if diffusion_config.objective == "genmd4" else None)
+
+  @property
+  def genmd4_w(self) -> jax.Array | None:
+    """GenMD4's per-token exponents w = softplus(w_raw) [V], or None for MD4."""
+    return None if self.w_raw is None else jax.nn.softplus(self.w_raw[...])
+
+  def log_probs(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
+                rngs: nnx.Rngs | None = None) -> jax.Array:
+    """The denoiser: log mu(z_t, t) [*z_t.shape, V] in float32."""
+    logits = self.network(z_t, t, cond, rngs=rngs)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+  def denoiser(self, cond: jax.Array | None = None, *, rngs: nnx.Rngs | None = None):
+    """denoise_fn(z_t, t) for diffusion.py and sampling (cond and dropout bound)."""
+    return lambda z_t, t: self.log_probs(z_t, t, cond, rngs=rngs)
+
+  def loss(self, x: jax.Array, key: jax.Array, cond: jax.Array | None = None, *,
+           rngs: nnx.Rngs | None = None) -> Loss:
+    """The training objective and per-example NELBO (nats) of a batch x [B, *S]."""
+    c = self.diffusion_config
+    denoise_fn = self.denoiser(cond, rngs=rngs)
+    if c.objective == "genmd4":
+      result = genmd4.rloo_loss(denoise_fn, key, x, self.genmd4_w, c.eps, c.antithetic)
+      return Loss(result.surrogate, result.nelbo)
+    if c.cont_time:
+      nelbo = diffusion.continuous_nelbo(denoise_fn, key, x, c.masking_schedule, c.antithetic)
+    else:
+      nelbo = diffusion.discrete_nelbo(denoise_fn, key, x, c.masking_schedule, c.num_steps)
+    return Loss(jnp.mean(nelbo), nelbo)
+
+
+def network_kwargs(model_config: ml_collections.ConfigDict, vocab_size: int,
+                   num_classes: int) -> dict:
+  """Network fields from `config.model` (`kind`, `size` preset, `network` overrides) and the data."""
+  kind = model_config.kind
+  sizes = SIZES.get(kind, {})
+  if model_config.size is not None and model_config.size not in sizes:
+    raise ValueError(f"unknown model.size {model_config.size!r} for {kind!r}; valid: "
+                     f"{', '.join(sizes) or '(none)'}")
+  kwargs = dict(sizes[model_config.size]) if model_config.size is not None else {}
+  kwargs.update(model_config.network.to_dict())
+  kwargs.update(vocab_size=vocab_size, num_classes=num_classes)
+  return kwargs
+
+
+def make_model(config: ml_collections.ConfigDict, vocab_size: int, num_classes: int,
+               seed: int) -> DiffusionModel:
+  """Builds the model of an experiment config (`config.model`, `config.diffusion`)."""
+  rngs = nnx.Rngs(seed)
+  network = make_network(config.model.kind, network_kwargs(config.model, vocab_size, num_classes),
+                         rngs=rngs)
+  return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs)

@@ -1,0 +1,79 @@
+"""The device mesh ('data', 'fsdp') and the shardings of parameters, optimizer state and batches.
+
+Parameters carry logical axis names (md4_jax.nn.axes); `RULES` maps them to mesh axes. With fsdp = 1 every
+parameter is replicated; with fsdp > 1 the dimensions named 'embed' / 'channels' are split over 'fsdp'
+(a dimension that the axis size does not divide stays whole). Batches are split over all devices.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from md4_jax.nn import axes
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """A mesh over all devices of all processes with axes ('data', 'fsdp')."""
+  n = jax.device_count()
+  fsdp = mesh_config.fsdp
+  data = n // fsdp if mesh_config.data == -1 else mesh_config.data
+  if fsdp < 1 or data < 1 or data * fsdp != n:
+    raise ValueError(f"mesh data={mesh_config.data} x fsdp={fsdp} does not cover the {n} devices "
+                     "(use data=-1 to fill)")
+  return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def _mesh_spec(logical: tuple, shape: tuple[int, ...], mesh) -> P:
+  rules = dict(axes.RULES)
+  used, out = set(), []
+  for name, size in zip(logical, shape):
+    mesh_axis = rules.get(name) if name is not None else None
+    if (mesh_axis not in mesh.shape or mesh_axis in used or mesh.shape[mesh_axis] == 1
+        or size % mesh.shape[mesh_axis]):
+      mesh_axis = None
+    used.add(mesh_axis)
+    out.append(mesh_axis)
+  return P(*out)
+
+
+def param_shardings(abstract_params: nnx.State, mesh) -> dict:
+  """Pure dict of NamedSharding for an abstract nnx Param state (from nnx.eval_shape + nnx.split)."""
+  specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
+  shapes = abstract_params.to_pure_dict()
+  return jax.tree.map(lambda spec, a: NamedSharding(mesh, _mesh_spec(tuple(spec), a.shape, mesh)),
+                      specs, shapes, is_leaf=lambda s: isinstance(s, P))
+
+
+def _path_key(path) -> tuple:
+  return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+
+
+def shardings_like_params(tree, params_sharding: dict, mesh):
+  """Shardings for a pytree holding params-shaped leaves (optimizer moments): matched by path suffix."""
+  by_path = {_path_key(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sharding)[0]}
+  replicated = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    key = _path_key(path)
+    for i in range(len(key)):
+      sharding = by_path.get(key[i:])
+      if sharding is not None and len(sharding.spec) <= np.ndim(leaf):
+        return sharding
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,282 @@
+"""The one training loop, for every experiment (MD4 and GenMD4, text and images).
+
+    python -m md4_jax.train --config experiments/demo.py --workdir /tmp/demo [--config.key=value ...]
+
+Reads top to bottom: mesh -> data -> model and abstract state -> shardings -> jitted steps -> resume -> loop.
+The loop body: batch -> step -> maybe log -> maybe evaluate / sample -> maybe checkpoint. SIGTERM saves a
+checkpoint and exits cleanly; a NaN / Inf loss or gradient skips the update and stops with a message,
+leaving the checkpoints as they were.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from md4_jax import checkpoint
+from md4_jax import data as data_lib
+from md4_jax import metrics as metrics_lib
+from md4_jax import optim
+from md4_jax import sample_writer
+from md4_jax import sharding
+from md4_jax import train_state as train_state_lib
+from md4_jax.diffusion import bits_per_token
+from md4_jax.model import make_model
+
+
+def train_step(state: train_state_lib.TrainState, batch: dict, *, graphdef, tx, ema_decay: float,
+               grad_accum_steps: int):
+  """One optimizer step on a global batch {'x': [B, *S], 'label'?: [B]}; pure, jitted once.
+
+  With k = grad_accum_steps, the batch is split into k microbatches, each with its own rng
+  (fold_in of the step key), and the gradients are averaged.
+  """
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def loss_fn(params, micro, key):
+    model = nnx.merge(graphdef, params)
+    key_loss, key_dropout = jax.random.split(key)
+    loss = model.loss(micro["x"], key_loss, micro.get("label"), rngs=nnx.Rngs(dropout=key_dropout))
+    return loss.objective, loss.nelbo
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  micro = jax.tree.map(lambda a: a.reshape((grad_accum_steps, -1) + a.shape[1:]), batch)
+
+  def accumulate(carry, inputs):
+    index, micro_batch = inputs
+    (objective, nelbo), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(step_key, index))
+    grad_sum, objective_sum = carry
+    return (jax.tree.map(jnp.add, grad_sum, grads), objective_sum + objective), nelbo
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grad_sum, objective_sum), nelbo = jax.lax.scan(
+      accumulate, (zeros, jnp.zeros(())), (jnp.arange(grad_accum_steps), micro))
+  grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+  objective = objective_sum / grad_accum_steps
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      ema_params=keep(train_state_lib.ema_update(state.ema_params, params, ema_decay), state.ema_params),
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+  metrics = {"objective": objective, "nelbo": jnp.mean(nelbo), "grad_norm": grad_norm}
+  return new_state, metrics
+
+
+def eval_step(params, batch: dict, key: jax.Array, *, graphdef) -> jax.Array:
+  """Per-example NELBO in nats [B] under `params` (the EMA), dropout off."""
+  model = nnx.merge(graphdef, params)
+  return model.loss(batch["x"], key, batch.get("label")).nelbo
+
+
+def _global_batch(local: dict, mesh) -> dict:
+  batch_sharding = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def evaluate(eval_fn, params, config, mesh, info, step: int) -> dict[str, float]:
+  """Validation NELBO in bits per token over the split (or train.eval_batches batches)."""
+  per_process = config.train.eval_batch_size // jax.process_count()
+  dataset = data_lib.make_dataset(config.data, "validation", batch_size=per_process, seed=config.seed,
+                                  shard_index=jax.process_index(), shard_count=jax.process_count())
+  key = jax.random.key(config.seed + 1)  # the same masks at every evaluation
+  total, count = 0.0, 0
+  for index, local in enumerate(dataset):
+    if index == config.train.eval_batches:
+      break
+    nelbo = eval_fn(params, _global_batch(local, mesh), jax.random.fold_in(key, index))
+    total += float(jnp.sum(nelbo))
+    count += nelbo.shape[0]
+  if count == 0:
+    raise ValueError(f"validation split of {config.data.name!r} gave no full batch of "
+                     f"{config.train.eval_batch_size}; lower train.eval_batch_size")
+  num_tokens = math.prod(info.data_shape)
+  return {"eval/bits_per_token": float(bits_per_token(total / count, num_tokens)),
+          "eval/examples": float(count)}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def agreed(self) -> bool:
+    """True when any process received SIGTERM (all processes must stop at the same step)."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  t = config.train
+  n = jax.device_count()
+  if t.batch_size % (n * t.grad_accum_steps):
+    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by devices ({n}) x "
+                     f"train.grad_accum_steps ({t.grad_accum_steps})")
+  if t.eval_batch_size % n:
+    raise ValueError(f"train.eval_batch_size={t.eval_batch_size} must be divisible by the {n} devices")
+  if t.num_steps < 1 or t.grad_accum_steps < 1:
+    raise ValueError(f"train.num_steps and train.grad_accum_steps must be >= 1; got {t.num_steps}, "
+                     f"{t.grad_accum_steps}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last metrics."""
+  _check_config(config)
+  # Mesh and data.
+  mesh = sharding.make_mesh(config.mesh)
+  info = data_lib.dataset_info(config.data)
+  train_data = data_lib.make_dataset(
+      config.data, "train", batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  # Model, abstract state and shardings.
+  build = lambda: make_model(config, info.vocab_size, info.num_classes, config.seed)
+  abstract_model = nnx.eval_shape(build)
+  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+  params_sharding = sharding.param_shardings(abstract_params, mesh)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  create = lambda params: train_state_lib.create(params, tx, config.seed)
+  abstract_state = jax.eval_shape(create, abstract_params.to_pure_dict())
+  state_sharding = train_state_lib.TrainState(
+      step=sharding.replicated(mesh), params=params_sharding, ema_params=params_sharding,
+      opt_state=sharding.shardings_like_params(abstract_state.opt_state, params_sharding, mesh),
+      rng=sharding.replicated(mesh), nonfinite=sharding.replicated(mesh))
+
+  # Jitted steps.
+  step_fn = jax.jit(
+      functools.partial(train_step, graphdef=graphdef, tx=tx, ema_decay=config.optim.ema_decay,
+                        grad_accum_steps=config.train.grad_accum_steps),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef),
+                    in_shardings=(params_sharding, sharding.batch_sharding(mesh), None),
+                    out_shardings=sharding.batch_sharding(mesh))
+
+  # Resume from the latest checkpoint, or start fresh.
+  manager = checkpoint.make_manager(workdir, config.train)
+  meta = checkpoint.fingerprint(config)
+  latest = manager.latest_step()
+  if latest is not None:
+    state, data_state = checkpoint.restore(
+        manager, latest, checkpoint.abstract_with_shardings(abstract_state, state_sharding), meta)
+    train_data.set_state(data_state)
+    print(f"resumed from {manager.directory}/{latest}", flush=True)
+  else:
+    init = jax.jit(lambda: create(nnx.split(build(), nnx.Param)[1].to_pure_dict()),
+                   out_shardings=state_sharding)
+    state = init()
+
+  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
+  preemption = _Preemption()
+  step = int(state.step)
+  last = {}
+  sums, count, start = None, 0, time.time()
+  try:
+    with jax.set_mesh(mesh):
+      while step < config.train.num_steps:
+        state, step_metrics = step_fn(state, _global_batch(next(train_data), mesh))
+        step += 1
+        sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
+        count += 1
+        if step == 1:
+          print(f"first step done {time.time() - start:.1f}s after start (compilation included)", flush=True)
+        if step % config.train.log_every == 0 or step == config.train.num_steps:
+          _raise_if_nonfinite(state, manager)
+          last = {f"train/{k}": float(v) / count for k, v in sums.items()}
+          last["train/bits_per_token"] = float(
+              bits_per_token(last["train/nelbo"], math.prod(info.data_shape)))
+          last["train/lr"] = float(optim.learning_rate_schedule(config.optim, config.train.num_steps)(step))
+          rate = writer.progress(step, {"loss": last["train/objective"], "bpt": last["train/bits_per_token"]})
+          if rate:
+            last["train/steps_per_second"] = rate
+          writer.write(step, last)
+          sums, count = None, 0
+        if _due(step, config.train.eval_every, config.train.num_steps):
+          eval_metrics = evaluate(eval_fn, state.ema_params, config, mesh, info, step)
+          print(f"step {step} | validation bits/token {eval_metrics['eval/bits_per_token']:.4f}", flush=True)
+          writer.write(step, eval_metrics)
+          last.update(eval_metrics)
+        if _due(step, config.train.sample_every, config.train.num_steps):
+          sample_writer.write_training_samples(graphdef, state.ema_params, config, info, workdir, step)
+        preempted = preemption.agreed()
+        if preempted or _due(step, config.train.checkpoint_every, config.train.num_steps):
+          _raise_if_nonfinite(state, manager)
+          checkpoint.save(manager, step, state, train_data.get_state(), meta)
+        if preempted:
+          print(f"SIGTERM: saved checkpoint {step} and stopped", flush=True)
+          break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    preemption.restore()
+  return last
+
+
+def _due(step: int, every: int, num_steps: int) -> bool:
+  return every > 0 and (step % every == 0 or step == num_steps)
+
+
+def _raise_if_nonfinite(state, manager) -> None:
+  bad = int(state.nonfinite)
+  if bad:
+    raise FloatingPointError(
+        f"the loss or gradient became NaN/Inf (at {bad} step(s) before step {int(state.step)}); those updates "
+        f"were skipped and training stopped. Checkpoints are untouched; the latest good one is step "
+        f"{manager.latest_step()}. Lower optim.lr, raise optim.warmup_steps or check the data.")
+
+
+def main(argv) -> None:
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  try:
+    train_and_evaluate(config, workdir)
+  except (ValueError, FloatingPointError, OSError) as error:
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run() -> None:
+  """Console entry point (md4-train) and `python -m md4_jax.train`."""
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py)",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
