@@ -1,0 +1,109 @@
+"""Sampler time grids and alpha values, computed once on the host in float64.
+
+- 'uniform': t(i) = (T - i) / T, s(i) = (T - i - 1) / T, i = 0..T-1 (md4.md §3).
+- 'cosine': both warped by t <- cos(pi/2 (1 - t)) (MD4 eq. 6), written sin(pi t / 2) so that the end points are
+  exactly 0 and 1.
+- 'dfm': the DFM step widths of remdm.md §1.4, dt = min(1/T, 1 / ((1 + beta_t) / t + beta_t / (1 - t))) with
+  beta_t = A t^0.25 (1 - t)^0.25; the beta_t / (1 - t) term is taken as 0 at t = 1, where beta_1 = 0 and nothing
+  is unmasked yet. Below t = 1/T the rule would shrink the steps geometrically without reaching 0; one last step
+  goes to t = 0 instead (with sigma clipped to its bound, which is ~0 there).
+- ReMDM loop (remdm.md §1.3): alpha remapped piecewise, 0 -> alpha_on on t in (t_on, 1], held at alpha_on on
+  [t_off, t_on], alpha_on -> 1 on [0, t_off), each piece linear in t, then the schedule's eps shift applied as
+  for every sampler. Unlike the reference code, the step that crosses t_on lands exactly on alpha_on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import numpy as np
+
+from md4_jax.sampling.config import SamplerConfig
+from md4_jax.schedules import MaskingSchedule, make_schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """Per-step float64 arrays, each [T] (T = number of steps; 'dfm' may take more than num_steps)."""
+
+  t: np.ndarray            # step start time, 1 -> ...
+  s: np.ndarray            # step end time, ... -> 0
+  t_model: np.ndarray      # time given to the denoiser: t, or the schedule time of the loop's alpha_t
+  alpha_t: np.ndarray
+  alpha_s: np.ndarray
+  one_minus_alpha_t: np.ndarray
+  one_minus_alpha_s: np.ndarray
+  loop_step: np.ndarray    # bool: alpha_s = alpha_t = alpha_on (ReMDM loop phase 2)
+
+
+def schedule_of(config: SamplerConfig) -> MaskingSchedule:
+  return make_schedule(config.schedule, config.eps)
+
+
+def step_times(config: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
+  """(t, s), float64 [T] each, decreasing from t = 1 to s = 0."""
+  if config.name == "dfm":
+    return dfm_times(config.num_steps, config.dfm_scale)
+  steps = config.num_steps
+  i = np.arange(steps, dtype=np.float64)
+  t, s = (steps - i) / steps, (steps - i - 1) / steps
+  if config.grid == "cosine":
+    t, s = np.sin(0.5 * np.pi * t), np.sin(0.5 * np.pi * s)
+  return t, s
+
+
+def dfm_times(num_steps: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+  """DFM step widths (remdm.md §1.4, Gat et al. 2024 App. D.1); see the module docstring."""
+  times = [1.0]
+  t = 1.0
+  while t > 1.0 / num_steps:
+    beta = scale * t**0.25 * (1.0 - t)**0.25
+    rate = (1.0 + beta) / t + (beta / (1.0 - t) if t < 1.0 else 0.0)
+    t = t - min(1.0 / num_steps, 1.0 / rate)
+    times.append(t)
+  times.append(0.0)
+  times = np.asarray(times)
+  return times[:-1], times[1:]
+
+
+def loop_base_alpha(t: np.ndarray, t_on: float, t_off: float, alpha_on: float) -> np.ndarray:
+  """The ReMDM loop's alpha before the eps shift: 0 at t = 1, alpha_on on [t_off, t_on], 1 at t = 0."""
+  phase1 = (1.0 - t) * alpha_on / max(1.0 - t_on, 1e-300)
+  phase3 = 1.0 - t * (1.0 - alpha_on) / max(t_off, 1e-300)
+  return np.where(t > t_on, phase1, np.where(t < t_off, phase3, alpha_on))
+
+
+def _alphas(schedule: MaskingSchedule, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  with jax.enable_x64(True), jax.ensure_compile_time_eval():
+    return np.asarray(schedule.alpha(t)), np.asarray(schedule.one_minus_alpha(t))
+
+
+def _schedule_time(schedule: MaskingSchedule, base_alpha: np.ndarray) -> np.ndarray:
+  """t with the schedule's un-shifted a(t) = base_alpha, by 64 bisection steps (a decreases in t)."""
+  lo, hi = np.zeros_like(base_alpha), np.ones_like(base_alpha)
+  with jax.enable_x64(True), jax.ensure_compile_time_eval():
+    for _ in range(64):
+      mid = 0.5 * (lo + hi)
+      above = np.asarray(schedule.base(mid)[0]) > base_alpha
+      lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+  return 0.5 * (lo + hi)
+
+
+def make_grid(config: SamplerConfig) -> Grid:
+  """The step times and alpha values of `config` (loop remapping included)."""
+  schedule = schedule_of(config)
+  t, s = step_times(config)
+  if config.name == "remdm" and config.strategy == "loop":
+    args = (config.t_on, config.t_off, config.alpha_on)
+    base_t, base_s = loop_base_alpha(t, *args), loop_base_alpha(s, *args)
+    shift = 1.0 - 2.0 * config.eps
+    alpha_t, alpha_s = shift * base_t + config.eps, shift * base_s + config.eps
+    one_minus_t, one_minus_s = shift * (1.0 - base_t) + config.eps, shift * (1.0 - base_s) + config.eps
+    loop_step = (t <= config.t_on) & (s >= config.t_off)
+    t_model = _schedule_time(schedule, base_t)
+  else:
+    alpha_t, one_minus_t = _alphas(schedule, t)
+    alpha_s, one_minus_s = _alphas(schedule, s)
+    loop_step = np.zeros(t.shape, bool)
+    t_model = t
+  return Grid(t, s, t_model, alpha_t, alpha_s, one_minus_t, one_minus_s, loop_step)

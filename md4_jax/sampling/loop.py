@@ -1,0 +1,205 @@
+"""The jitted sampler driver: one `lax.scan` over the grid for a whole batch (md4.md §3, remdm.md §2).
+
+Per step: every position's exponential clock advances by its hazard (ancestral.fire); positions whose clock runs
+out unmask (masks) or are remasked (tokens), and get a fresh clock; the denoiser runs only if some position of the
+batch unmasks (a step where nothing unmasks does not depend on the prediction, so skipping it is exact for any
+denoiser); tokens are drawn only at unmasking positions (categorical.draw_at). Random numbers of position n of
+example b at step i come from fold_in(fold_in(fold_in(key, b), i), n), so an example's sample does not depend on
+the batch size.
+
+Caching (config.cache, for a denoiser that ignores t; remdm.md §2.3): the last prediction is reused while no token
+of the batch has changed since it was computed, so cached and uncached runs give identical samples.
+
+Final step (md4.md §3 'decode', remdm.md §2.8): masks left at s = 0 (alpha(0) = 1 - eps) are filled from the
+denoiser at t = 0 by argmax ('argmax', as both references) or by a draw ('sample'); other tokens are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from md4_jax.sampling import ancestral, categorical, grid as grid_lib, remdm
+from md4_jax.sampling.config import SamplerConfig
+
+
+@struct.dataclass
+class Plan:
+  """Per-step coefficients, float32 [T] each (host-computed in float64)."""
+
+  t_model: jax.Array        # time given to the denoiser
+  t: jax.Array              # step start / end times (GenMD4)
+  s: jax.Array
+  hazard_mask: jax.Array    # -log P(masked token stays masked)
+  hazard_unmask: jax.Array  # -log(1 - sigma_t): unmasked token -> mask
+  sigma: jax.Array          # sigma_t ('conf': the base that eta_conf distributes over tokens)
+
+
+@struct.dataclass
+class SamplerState:
+  z: jax.Array                # [B, ...] int32 tokens, mask id V
+  clock: jax.Array            # [B, ...] float32 exponential clocks (ancestral.fire)
+  nfe: jax.Array              # [] int32 denoiser calls so far
+  neg_psi: jax.Array | None   # [B, N] float32 ('conf'): minus the draw probability, -inf if not remaskable
+  cache: jax.Array | None     # [B, ..., V] float32 last denoiser output (config.cache)
+  cache_z: jax.Array | None   # [B, ...] int32 the input that produced `cache`
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """Static arguments of the jitted run."""
+
+  vocab_size: int
+  capacity: int         # positions handled per pass of the compacted loops (a power of 2)
+  remask: bool          # some sigma_t > 0
+  conf: bool            # per-token sigma from confidences (ReMDM 'conf')
+  genmd4: bool
+  eps: float            # the schedule's shift (GenMD4 only, else 0)
+  cache: bool
+  final: str
+  temperature: float
+  top_p: float
+  top_p_rule: str
+
+
+def make_plan(config: SamplerConfig) -> tuple[Plan, float]:
+  """The per-step coefficients, and the expected fraction of positions changing per step (mean over steps)."""
+  grid = grid_lib.make_grid(config)
+  sigma = remdm.step_sigma(config, grid)
+  conf = config.name == "remdm" and config.strategy == "conf"
+  if config.name == "euler":
+    p_unmask, p_stay = ancestral.euler_transition(grid_lib.schedule_of(config), grid)
+  else:
+    p_unmask, p_stay = ancestral.transition(grid, np.zeros_like(sigma) if conf else sigma)
+  hazard_mask = ancestral.host_hazard(p_unmask, p_stay)
+  hazard_unmask = ancestral.host_hazard(sigma, 1.0 - sigma)
+  arrays = (grid.t_model, grid.t, grid.s, hazard_mask, hazard_unmask, sigma)
+  plan = Plan(*(np.asarray(a, np.float32) for a in arrays))
+  changing = grid.one_minus_alpha_t * p_unmask + grid.alpha_t * sigma
+  return plan, float(np.mean(changing))
+
+
+def capacity_for(num_positions: int, fraction: float) -> int:
+  """Positions per pass: the mean expected number changing per step plus 4 standard deviations, rounded up to a
+  power of 2 (so that similar configs share a compiled loop); busier steps take several passes."""
+  mean = num_positions * fraction
+  rows = int(math.ceil(mean + 4.0 * math.sqrt(mean) + 8.0))
+  return min(num_positions, 1 << (rows - 1).bit_length())
+
+
+def make_static(config: SamplerConfig, plan: Plan, fraction: float, vocab_size: int, num_positions: int,
+                genmd4: bool) -> Static:
+  return Static(vocab_size=vocab_size, capacity=capacity_for(num_positions, fraction),
+                remask=bool(np.any(np.asarray(plan.sigma) > 0)),
+                conf=config.name == "remdm" and config.strategy == "conf", genmd4=genmd4,
+                eps=config.eps if genmd4 else 0.0, cache=config.cache, final=config.final,
+                temperature=config.temperature, top_p=config.top_p, top_p_rule=config.top_p_rule)
+
+
+def _transform(static: Static):
+  """Temperature then top-p on log-probs [..., V], or None when both are off."""
+  if static.temperature == 1.0 and static.top_p == 1.0:
+    return None
+
+  def transform(logp):
+    if static.temperature != 1.0:
+      logp = logp / static.temperature
+    if static.top_p < 1.0:
+      return categorical.top_p_filter(logp, static.top_p, static.top_p_rule)
+    return logp - jax.nn.logsumexp(logp, axis=-1, keepdims=True)
+
+  return transform
+
+
+def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
+  """Samples from z_init [B, ...] (mask id V where to generate); returns (z [B, ...] int32, stats)."""
+  mask_id, capacity = static.vocab_size, static.capacity
+  batch, shape, m = z_init.shape[0], z_init.shape, z_init.size
+  num_steps = plan.t.shape[0]
+  transform = _transform(static)
+  conf = static.remask and static.conf
+  row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch))
+  remaskable = z_init == mask_id  # fixed (prompt) tokens are never remasked
+
+  def denoise(state, t):
+    """The prediction for state.z at time t (scalar), from the cache when valid."""
+    t_batch = jnp.full((batch,), t, jnp.float32)
+    if not static.cache:
+      return denoise_fn(state.z, t_batch).astype(jnp.float32), state.replace(nfe=state.nfe + 1)
+    valid = jnp.all(state.cache_z == state.z)
+    logp = jax.lax.cond(valid, lambda: state.cache, lambda: denoise_fn(state.z, t_batch).astype(jnp.float32))
+    return logp, state.replace(nfe=state.nfe + (~valid).astype(jnp.int32), cache=logp, cache_z=state.z)
+
+  def redraw(fired, clock, log_w, step, rows_transform):
+    """categorical.redraw on [B, ...] arrays: fresh clocks, and tokens if log_w [B, ..., V] is given."""
+    out = categorical.redraw(fired.reshape(m), clock.reshape(m), None if log_w is None else log_w.reshape(m, -1),
+                             row_keys, step, capacity, rows_transform)
+    return tuple(a.reshape(shape) for a in out)
+
+  def step(state, xs):
+    i, p = xs
+    hazard_unmask = None
+    if static.remask:
+      sigma = p.sigma * remdm.conf_weights(state.neg_psi).reshape(shape) if conf else None
+      hazard_unmask = ancestral.hazard(sigma, 1.0 - sigma) if conf else p.hazard_unmask
+
+    if static.genmd4:
+      def with_mu(state):
+        logp, state = denoise(state, p.t_model)
+        log_mu = logp if transform is None else transform(logp)
+        return (state,) + ancestral.genmd4_transition(log_mu, p.t, p.s, genmd4_w, static.eps)
+
+      def without_mu(state):
+        return state, jnp.zeros(shape), jnp.zeros(shape + (mask_id,))
+
+      state, hazard_mask, log_w = jax.lax.cond(jnp.any(state.z == mask_id), with_mu, without_mu, state)
+      unmask, remask, clock = ancestral.fire(state.clock, state.z, remaskable, mask_id, hazard_mask, hazard_unmask)
+      clock, tokens, probs = jax.lax.cond(jnp.any(unmask), lambda: redraw(unmask | remask, clock, log_w, i, None),
+                                          lambda: redraw(unmask | remask, clock, None, i, None))
+    else:
+      unmask, remask, clock = ancestral.fire(state.clock, state.z, remaskable, mask_id, p.hazard_mask,
+                                             hazard_unmask)
+
+      def with_draw(state):
+        logp, state = denoise(state, p.t_model)
+        return (state,) + redraw(unmask | remask, clock, logp, i, transform)
+
+      def without_draw(state):
+        return (state,) + redraw(unmask | remask, clock, None, i, None)
+
+      state, clock, tokens, probs = jax.lax.cond(jnp.any(unmask), with_draw, without_draw, state)
+
+    z = jnp.where(unmask, tokens, jnp.where(remask, mask_id, state.z))
+    if conf:
+      neg_psi = jnp.where(unmask, -probs, jnp.where(remask, -jnp.inf, state.neg_psi.reshape(shape)))
+      state = state.replace(neg_psi=neg_psi.reshape(batch, -1))
+    state = state.replace(z=z, clock=clock)
+    return state, (jnp.sum(z == mask_id), jnp.sum(remask))
+
+  clock_bits = jax.vmap(lambda k: jax.random.bits(k, (2,) + shape[1:], jnp.uint32))(row_keys)  # [B, 2, ...]
+  state = SamplerState(
+      z=z_init, clock=categorical.exponential(jnp.moveaxis(clock_bits, 1, 0)), nfe=jnp.int32(0),
+      neg_psi=jnp.full((batch, m // batch), -jnp.inf, jnp.float32) if conf else None,
+      cache=jnp.zeros(shape + (mask_id,), jnp.float32) if static.cache else None,
+      cache_z=jnp.full(shape, -1, jnp.int32) if static.cache else None)
+  state, (num_masked, num_remasked) = jax.lax.scan(step, state, (jnp.arange(num_steps), plan))
+
+  # Final step: fill the masks left at s = 0 from the prediction at t = 0.
+  remaining = state.z == mask_id
+
+  def fill(state):
+    logp, state = denoise(state, 0.0)
+    if static.final == "argmax":
+      return state, jnp.argmax(logp, axis=-1).astype(jnp.int32)
+    return state, redraw(remaining, state.clock, logp, num_steps, transform)[1]
+
+  state, tokens = jax.lax.cond(jnp.any(remaining), fill, lambda st: (st, jnp.zeros(shape, jnp.int32)), state)
+  z = jnp.where(remaining, tokens, state.z)
+  return z, {"nfe": state.nfe, "num_masked": num_masked, "num_remasked": num_remasked}
+
+
+run_jit = jax.jit(run, static_argnames=("static",))
