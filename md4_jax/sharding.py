@@ -20,14 +20,19 @@ BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """A mesh over all devices of all processes with axes ('data', 'fsdp')."""
+  """A mesh with axes ('data', 'fsdp') over all devices of all processes (data = -1 fills).
+
+  A single process may ask for fewer devices (data x fsdp < device count): the first ones are used.
+  """
   n = jax.device_count()
   fsdp = mesh_config.fsdp
   data = n // fsdp if mesh_config.data == -1 else mesh_config.data
-  if fsdp < 1 or data < 1 or data * fsdp != n:
-    raise ValueError(f"mesh data={mesh_config.data} x fsdp={fsdp} does not cover the {n} devices "
-                     "(use data=-1 to fill)")
-  return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  size = data * fsdp
+  if fsdp < 1 or data < 1 or size > n or (size < n and jax.process_count() > 1) or n % fsdp:
+    raise ValueError(f"mesh data={mesh_config.data} x fsdp={fsdp} does not fit the {n} devices of "
+                     f"{jax.process_count()} process(es) (use data=-1 to fill)")
+  return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=jax.devices()[:size])
 
 
 def _mesh_spec(logical: tuple, shape: tuple[int, ...], mesh) -> P:
@@ -45,8 +50,8 @@ def _mesh_spec(logical: tuple, shape: tuple[int, ...], mesh) -> P:
 
 def param_shardings(abstract_params: nnx.State, mesh) -> dict:
   """Pure dict of NamedSharding for an abstract nnx Param state (from nnx.eval_shape + nnx.split)."""
-  specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
-  shapes = abstract_params.to_pure_dict()
+  specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+  shapes = nnx.to_pure_dict(abstract_params)
   return jax.tree.map(lambda spec, a: NamedSharding(mesh, _mesh_spec(tuple(spec), a.shape, mesh)),
                       specs, shapes, is_leaf=lambda s: isinstance(s, P))
 

@@ -67,8 +67,8 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, graphdef, tx, 
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
       step=state.step + 1,
@@ -134,9 +134,9 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def _check_config(config: ml_collections.ConfigDict, mesh) -> None:
   t = config.train
-  n = jax.device_count()
+  n = mesh.size
   if t.batch_size % (n * t.grad_accum_steps):
     raise ValueError(f"train.batch_size={t.batch_size} must be divisible by devices ({n}) x "
                      f"train.grad_accum_steps ({t.grad_accum_steps})")
@@ -149,9 +149,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last metrics."""
-  _check_config(config)
   # Mesh and data.
   mesh = sharding.make_mesh(config.mesh)
+  _check_config(config, mesh)
   info = data_lib.dataset_info(config.data)
   train_data = data_lib.make_dataset(
       config.data, "train", batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
@@ -164,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   params_sharding = sharding.param_shardings(abstract_params, mesh)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
   create = lambda params: train_state_lib.create(params, tx, config.seed)
-  abstract_state = jax.eval_shape(create, abstract_params.to_pure_dict())
+  abstract_state = jax.eval_shape(create, nnx.to_pure_dict(abstract_params))
   state_sharding = train_state_lib.TrainState(
       step=sharding.replicated(mesh), params=params_sharding, ema_params=params_sharding,
       opt_state=sharding.shardings_like_params(abstract_state.opt_state, params_sharding, mesh),
@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_data.set_state(data_state)
     print(f"resumed from {manager.directory}/{latest}", flush=True)
   else:
-    init = jax.jit(lambda: create(nnx.split(build(), nnx.Param)[1].to_pure_dict()),
+    init = jax.jit(lambda: create(nnx.to_pure_dict(nnx.split(build(), nnx.Param)[1])),
                    out_shardings=state_sharding)
     state = init()
 
@@ -256,7 +256,8 @@ def _raise_if_nonfinite(state, manager) -> None:
 
 def main(argv) -> None:
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()

@@ -35,9 +35,19 @@ def _spec(name: str) -> DatasetSpec:
   return DATASETS[name]
 
 
+_NONE_TYPES = {'seq_len': int, 'group_rows': int}  # other None-valued keys hold strings (paths, names)
+
+
 def default_data_config(name: str) -> ml_collections.ConfigDict:
-  """The `config.data` of dataset `name` with its defaults."""
-  return _spec(name).default_config()
+  """The `config.data` of dataset `name` with its defaults.
+
+  Keys whose default is None become typed placeholders, so `--config.data.path=...` can override them.
+  """
+  config = _spec(name).default_config()
+  for key, value in config.items():
+    if value is None:
+      config[key] = ml_collections.config_dict.placeholder(_NONE_TYPES.get(key, str))
+  return config
 
 
 def dataset_info(data_config: ml_collections.ConfigDict) -> DataInfo:

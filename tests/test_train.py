@@ -1,0 +1,179 @@
+"""The training loop: learning, device-count invariance, bitwise resume, SIGTERM, accumulation, bad input."""
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from md4_jax import data as data_lib
+from md4_jax import optim, train
+from md4_jax import train_state as train_state_lib
+from md4_jax.model import make_model
+from train_configs import ROOT, tiny_config
+
+
+def saved_state(workdir, step):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  manager.close()
+  return state
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def test_loss_decreases_and_samples_are_written(tmp_path):
+  config = tiny_config(num_steps=60, **{"train.log_every": 20, "train.sample_every": 60,
+                                        "train.eval_every": 60, "optim.lr": 3e-3, "train.checkpoint_every": 20})
+  train.train_and_evaluate(config, str(tmp_path))
+  lines = [eval(l.replace("NaN", "float('nan')")) for l in open(tmp_path / "metrics.jsonl")]
+  losses = [l["train/nelbo"] for l in lines if "train/nelbo" in l]
+  assert losses[-1] < 0.9 * losses[0], losses  # means over 20 steps each
+  assert any("eval/bits_per_token" in l for l in lines)
+  samples = open(tmp_path / "samples" / "step_00000060.txt").read().splitlines()
+  assert len(samples) == 2 and all(len(s) == 32 and set(s) <= set("abcdefghijklmnopqrstuvwxyz ") for s in samples)
+  assert checkpoint_steps(str(tmp_path)) == [20, 40, 60]
+
+
+def test_one_and_eight_devices_give_the_same_loss(tmp_path):
+  """1 device, 8 data-parallel devices and 2 x 4 (data x fsdp) agree to float tolerance."""
+  results = {}
+  for data, fsdp in [(1, 1), (8, 1), (2, 4)]:
+    config = tiny_config(num_steps=6, **{"mesh.data": data, "mesh.fsdp": fsdp, "train.eval_every": 6,
+                                         "train.checkpoint_every": 6})
+    results[data, fsdp] = train.train_and_evaluate(config, str(tmp_path / f"{data}x{fsdp}"))
+  one = jax.tree.leaves(saved_state(str(tmp_path / "1x1"), 6)["params"])
+  for mesh in [(8, 1), (2, 4)]:
+    for key in ("train/objective", "train/grad_norm", "eval/bits_per_token"):
+      np.testing.assert_allclose(results[mesh][key], results[1, 1][key], rtol=2e-5)
+    many = jax.tree.leaves(saved_state(str(tmp_path / f"{mesh[0]}x{mesh[1]}"), 6)["params"])
+    for a, b in zip(one, many):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_resumed_run_is_bitwise_identical(tmp_path):
+  """A run interrupted after its step-4 checkpoint and resumed equals an uninterrupted one, bit for bit."""
+  config = tiny_config(num_steps=8)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")  # "crashed" between steps 4 and 8
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  a, b = saved_state(str(tmp_path / "straight"), 8), saved_state(str(tmp_path / "resumed"), 8)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _run_cli(args, **kwargs):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  return subprocess.Popen([sys.executable, "-m", "md4_jax.train", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  proc = _run_cli(["--config", "experiments/demo.py", "--workdir", str(tmp_path),
+                   "--config.train.num_steps=100000", "--config.train.checkpoint_every=0",
+                   "--config.train.eval_every=0", "--config.train.sample_every=0",
+                   "--config.train.log_every=1", "--config.train.batch_size=8"])
+  output = []
+  for line in proc.stdout:
+    output.append(line)
+    if line.startswith("step 3/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=120)
+  output = "".join(output) + rest
+  assert proc.returncode == 0, output
+  assert "SIGTERM: saved checkpoint" in output
+  steps = checkpoint_steps(str(tmp_path))
+  assert len(steps) == 1 and 3 <= steps[0] < 100000
+
+
+def test_genmd4_learns_its_exponents(tmp_path):
+  config = tiny_config(num_steps=30, **{"optim.lr": 1e-2, "train.log_every": 10})
+  config.diffusion.objective = "genmd4"
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  w = jax.nn.softplus(saved_state(str(tmp_path), 30)["params"]["w_raw"])
+  assert np.isfinite(metrics["train/nelbo"])
+  assert np.ptp(w) > 0.05, w  # the 27 exponents moved apart from their common start 1.0
+  assert metrics["train/nelbo"] != metrics["train/objective"]  # reported NELBO, not the surrogate
+
+
+def test_gradient_accumulation_averages_microbatches_with_fresh_keys():
+  config = tiny_config()
+  info = data_lib.dataset_info(config.data)
+  graphdef, params = nnx.split(make_model(config, info.vocab_size, 0, 0), nnx.Param)
+  tx = optim.make_optimizer(config.optim, 10)
+  state = train_state_lib.create(nnx.to_pure_dict(params), tx, seed=0)
+  batch = next(data_lib.make_dataset(config.data, "train", batch_size=16, seed=0))
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  step = lambda k: jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx, ema_decay=0.9,
+                                             grad_accum_steps=k))(state, batch)
+  _, accumulated = step(4)
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def micro_grad(i):
+    def loss(p):
+      model = nnx.merge(graphdef, p)
+      key_loss, key_dropout = jax.random.split(jax.random.fold_in(step_key, i))
+      micro = batch["x"].reshape(4, 4, -1)[i]
+      return model.loss(micro, key_loss, rngs=nnx.Rngs(dropout=key_dropout)).objective
+    return jax.value_and_grad(loss)(state.params)
+
+  values, grads = jax.jit(jax.vmap(micro_grad))(jnp.arange(4))
+  grads = [jax.tree.map(lambda g: g[i], grads) for i in range(4)]
+  mean_grad = jax.tree.map(lambda *g: sum(g) / 4, *grads)
+  np.testing.assert_allclose(accumulated["objective"], np.mean(values), rtol=1e-5)
+  np.testing.assert_allclose(accumulated["grad_norm"], float(optax_norm(mean_grad)), rtol=1e-4)
+  assert len({float(v) for v in values}) == 4  # each microbatch drew its own t and masks
+  _, single = step(1)
+  assert abs(float(single["objective"]) - float(accumulated["objective"])) > 0  # not the same rng
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_unknown_config_key_fails_clearly(tmp_path):
+  proc = _run_cli(["--config", "experiments/demo.py", "--workdir", str(tmp_path), "--config.train.nmu_steps=5"])
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0 and "nmu_steps" in out
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_missing_data_fails_clearly(tmp_path):
+  proc = _run_cli(["--config", "experiments/demo.py", "--workdir", str(tmp_path),
+                   "--config.data.path=/nonexistent/corpus.txt"])
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 1 and "/nonexistent/corpus.txt" in out and "error:" in out
+
+
+def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path):
+  train.train_and_evaluate(tiny_config(num_steps=4), str(tmp_path))
+  before = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, ps in os.walk(tmp_path / "checkpoints") for p in ps}
+  other = tiny_config(num_steps=8)
+  other.model.network.width = 64
+  with pytest.raises(ValueError, match=r"model.network.width: checkpoint 32 vs config 64"):
+    train.train_and_evaluate(other, str(tmp_path))
+  after = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, ps in os.walk(tmp_path / "checkpoints") for p in ps}
+  assert before == after and checkpoint_steps(str(tmp_path)) == [4]
+
+
+def test_nan_loss_stops_and_keeps_checkpoints(tmp_path):
+  train.train_and_evaluate(tiny_config(num_steps=4), str(tmp_path))
+  bad = tiny_config(num_steps=8, **{"optim.lr": float("inf")})
+  with pytest.raises(FloatingPointError, match="NaN/Inf.*latest good one is step 4"):
+    train.train_and_evaluate(bad, str(tmp_path))
+  assert checkpoint_steps(str(tmp_path)) == [4]
+  good = saved_state(str(tmp_path), 4)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good["params"]))

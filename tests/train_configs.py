@@ -1,0 +1,29 @@
+"""Small configs for training-loop tests: the demo experiment shrunk to seconds on CPU."""
+
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_experiment(name: str):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_config(num_steps: int = 8, **overrides):
+  config = load_experiment("demo")
+  config.data.seq_len = 32
+  config.model.network.update(num_layers=1, num_heads=2, width=32)
+  config.optim.warmup_steps = 2
+  config.train.update(num_steps=num_steps, batch_size=16, log_every=2, eval_every=0, eval_batch_size=16,
+                      eval_batches=2, sample_every=0, num_samples=2, checkpoint_every=4, keep=10,
+                      async_checkpoint=False)
+  config.sampler.num_steps = 8
+  config.mesh.data = 1  # one device: fast; the 8-device paths are tested where they matter
+  for key, value in overrides.items():
+    group, field = key.split(".")
+    config[group][field] = value
+  return config
