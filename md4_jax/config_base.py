@@ -7,6 +7,8 @@ loss, linear schedule with eps = 1e-4, antithetic t, AdamW with warmup + cosine 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
@@ -59,3 +61,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1               # -1 = all devices not used by fsdp
   config.mesh.fsdp = 1
   return config
+
+
+def load_experiment(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config()` of the experiment file at `path` (for one experiment built on another)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  if spec is None or not os.path.exists(path):
+    raise ValueError(f"no experiment config file at {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)

@@ -96,8 +96,11 @@ class DiffusionModel(nnx.Module):
     return Loss(jnp.mean(nelbo), nelbo)
 
 
-def network_kwargs(model_config: ml_collections.ConfigDict, vocab_size: int,
-                   num_classes: int) -> dict:
+CONV_NETWORKS = ("unet", "uvit")
+
+
+def network_kwargs(model_config: ml_collections.ConfigDict, vocab_size: int, num_classes: int,
+                   data_shape: tuple[int, ...]) -> dict:
   """Network fields from `config.model` (`kind`, `size` preset, `network` overrides) and the data."""
   kind = model_config.kind
   sizes = SIZES.get(kind, {})
@@ -107,13 +110,15 @@ def network_kwargs(model_config: ml_collections.ConfigDict, vocab_size: int,
   kwargs = dict(sizes[model_config.size]) if model_config.size is not None else {}
   kwargs.update(model_config.network.to_dict())
   kwargs.update(vocab_size=vocab_size, num_classes=num_classes)
+  if kind in CONV_NETWORKS:
+    kwargs["num_channels"] = data_shape[-1]
   return kwargs
 
 
-def make_model(config: ml_collections.ConfigDict, vocab_size: int, num_classes: int,
-               seed: int) -> DiffusionModel:
-  """Builds the model of an experiment config (`config.model`, `config.diffusion`)."""
+def make_model(config: ml_collections.ConfigDict, info, seed: int) -> DiffusionModel:
+  """Builds the model of an experiment config (`config.model`, `config.diffusion`) for data `info`."""
   rngs = nnx.Rngs(seed)
-  network = make_network(config.model.kind, network_kwargs(config.model, vocab_size, num_classes),
-                         rngs=rngs)
+  kwargs = network_kwargs(config.model, info.vocab_size, info.num_classes, info.data_shape)
+  network = make_network(config.model.kind, kwargs, rngs=rngs)
+  vocab_size = info.vocab_size
   return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs)

@@ -158,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       shard_index=jax.process_index(), shard_count=jax.process_count())
 
   # Model, abstract state and shardings.
-  build = lambda: make_model(config, info.vocab_size, info.num_classes, config.seed)
+  build = lambda: make_model(config, info, config.seed)
   abstract_model = nnx.eval_shape(build)
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
   params_sharding = sharding.param_shardings(abstract_params, mesh)

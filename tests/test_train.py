@@ -112,7 +112,7 @@ def test_genmd4_learns_its_exponents(tmp_path):
 def test_gradient_accumulation_averages_microbatches_with_fresh_keys():
   config = tiny_config()
   info = data_lib.dataset_info(config.data)
-  graphdef, params = nnx.split(make_model(config, info.vocab_size, 0, 0), nnx.Param)
+  graphdef, params = nnx.split(make_model(config, info, 0), nnx.Param)
   tx = optim.make_optimizer(config.optim, 10)
   state = train_state_lib.create(nnx.to_pure_dict(params), tx, seed=0)
   batch = next(data_lib.make_dataset(config.data, "train", batch_size=16, seed=0))

@@ -1,16 +1,14 @@
 """Small configs for training-loop tests: the demo experiment shrunk to seconds on CPU."""
 
-import importlib.util
 import os
+
+from md4_jax import config_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_experiment(name: str):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_base.load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"))
 
 
 def tiny_config(num_steps: int = 8, **overrides):
