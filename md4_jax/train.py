@@ -26,13 +26,14 @@ from flax import nnx
 
 from md4_jax import checkpoint
 from md4_jax import data as data_lib
+from md4_jax import evaluate as evaluate_lib
+from md4_jax import experiment as experiment_lib
 from md4_jax import metrics as metrics_lib
 from md4_jax import optim
 from md4_jax import sample_writer
 from md4_jax import sharding
 from md4_jax import train_state as train_state_lib
 from md4_jax.diffusion import bits_per_token
-from md4_jax.model import make_model
 
 
 def train_step(state: train_state_lib.TrainState, batch: dict, *, graphdef, tx, ema_decay: float,
@@ -80,38 +81,6 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, graphdef, tx, 
   return new_state, metrics
 
 
-def eval_step(params, batch: dict, key: jax.Array, *, graphdef) -> jax.Array:
-  """Per-example NELBO in nats [B] under `params` (the EMA), dropout off."""
-  model = nnx.merge(graphdef, params)
-  return model.loss(batch["x"], key, batch.get("label")).nelbo
-
-
-def _global_batch(local: dict, mesh) -> dict:
-  batch_sharding = sharding.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in local.items()}
-
-
-def evaluate(eval_fn, params, config, mesh, info, step: int) -> dict[str, float]:
-  """Validation NELBO in bits per token over the split (or train.eval_batches batches)."""
-  per_process = config.train.eval_batch_size // jax.process_count()
-  dataset = data_lib.make_dataset(config.data, "validation", batch_size=per_process, seed=config.seed,
-                                  shard_index=jax.process_index(), shard_count=jax.process_count())
-  key = jax.random.key(config.seed + 1)  # the same masks at every evaluation
-  total, count = 0.0, 0
-  for index, local in enumerate(dataset):
-    if index == config.train.eval_batches:
-      break
-    nelbo = eval_fn(params, _global_batch(local, mesh), jax.random.fold_in(key, index))
-    total += float(jnp.sum(nelbo))
-    count += nelbo.shape[0]
-  if count == 0:
-    raise ValueError(f"validation split of {config.data.name!r} gave no full batch of "
-                     f"{config.train.eval_batch_size}; lower train.eval_batch_size")
-  num_tokens = math.prod(info.data_shape)
-  return {"eval/bits_per_token": float(bits_per_token(total / count, num_tokens)),
-          "eval/examples": float(count)}
-
-
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after each step."""
 
@@ -134,51 +103,20 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_config(config: ml_collections.ConfigDict, mesh) -> None:
-  t = config.train
-  n = mesh.size
-  if t.batch_size % (n * t.grad_accum_steps):
-    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by devices ({n}) x "
-                     f"train.grad_accum_steps ({t.grad_accum_steps})")
-  if t.eval_batch_size % n:
-    raise ValueError(f"train.eval_batch_size={t.eval_batch_size} must be divisible by the {n} devices")
-  if t.num_steps < 1 or t.grad_accum_steps < 1:
-    raise ValueError(f"train.num_steps and train.grad_accum_steps must be >= 1; got {t.num_steps}, "
-                     f"{t.grad_accum_steps}")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last metrics."""
-  # Mesh and data.
-  mesh = sharding.make_mesh(config.mesh)
-  _check_config(config, mesh)
-  info = data_lib.dataset_info(config.data)
+  start = time.time()
+  exp = experiment_lib.build(config)
+  mesh = exp.mesh
   train_data = data_lib.make_dataset(
       config.data, "train", batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
       shard_index=jax.process_index(), shard_count=jax.process_count())
-
-  # Model, abstract state and shardings.
-  build = lambda: make_model(config, info, config.seed)
-  abstract_model = nnx.eval_shape(build)
-  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-  params_sharding = sharding.param_shardings(abstract_params, mesh)
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  create = lambda params: train_state_lib.create(params, tx, config.seed)
-  abstract_state = jax.eval_shape(create, nnx.to_pure_dict(abstract_params))
-  state_sharding = train_state_lib.TrainState(
-      step=sharding.replicated(mesh), params=params_sharding, ema_params=params_sharding,
-      opt_state=sharding.shardings_like_params(abstract_state.opt_state, params_sharding, mesh),
-      rng=sharding.replicated(mesh), nonfinite=sharding.replicated(mesh))
-
-  # Jitted steps.
   step_fn = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, tx=tx, ema_decay=config.optim.ema_decay,
+      functools.partial(train_step, graphdef=exp.graphdef, tx=exp.tx, ema_decay=config.optim.ema_decay,
                         grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef),
-                    in_shardings=(params_sharding, sharding.batch_sharding(mesh), None),
-                    out_shardings=sharding.batch_sharding(mesh))
+      in_shardings=(exp.state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(exp.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  eval_fn = evaluate_lib.make_eval_fn(exp)
 
   # Resume from the latest checkpoint, or start fresh.
   manager = checkpoint.make_manager(workdir, config.train)
@@ -186,33 +124,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   latest = manager.latest_step()
   if latest is not None:
     state, data_state = checkpoint.restore(
-        manager, latest, checkpoint.abstract_with_shardings(abstract_state, state_sharding), meta)
+        manager, latest, checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_sharding), meta)
     train_data.set_state(data_state)
     print(f"resumed from {manager.directory}/{latest}", flush=True)
   else:
-    init = jax.jit(lambda: create(nnx.to_pure_dict(nnx.split(build(), nnx.Param)[1])),
-                   out_shardings=state_sharding)
-    state = init()
+    state = exp.init_state()
 
   writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
   preemption = _Preemption()
   step = int(state.step)
   last = {}
-  sums, count, start = None, 0, time.time()
+  sums, count = None, 0
   try:
     with jax.set_mesh(mesh):
       while step < config.train.num_steps:
-        state, step_metrics = step_fn(state, _global_batch(next(train_data), mesh))
+        state, step_metrics = step_fn(state, exp.global_batch(next(train_data)))
         step += 1
         sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
         count += 1
-        if step == 1:
-          print(f"first step done {time.time() - start:.1f}s after start (compilation included)", flush=True)
+        if step == 1 or (latest is not None and step == latest + 1):
+          jax.block_until_ready(state)
+          last["time/first_step_s"] = time.time() - start
+          print(f"first step done {last['time/first_step_s']:.1f}s after start (compilation included)", flush=True)
         if step % config.train.log_every == 0 or step == config.train.num_steps:
           _raise_if_nonfinite(state, manager)
-          last = {f"train/{k}": float(v) / count for k, v in sums.items()}
+          last.update({f"train/{k}": float(v) / count for k, v in sums.items()})
           last["train/bits_per_token"] = float(
-              bits_per_token(last["train/nelbo"], math.prod(info.data_shape)))
+              bits_per_token(last["train/nelbo"], math.prod(exp.info.data_shape)))
           last["train/lr"] = float(optim.learning_rate_schedule(config.optim, config.train.num_steps)(step))
           rate = writer.progress(step, {"loss": last["train/objective"], "bpt": last["train/bits_per_token"]})
           if rate:
@@ -220,12 +158,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, last)
           sums, count = None, 0
         if _due(step, config.train.eval_every, config.train.num_steps):
-          eval_metrics = evaluate(eval_fn, state.ema_params, config, mesh, info, step)
+          eval_metrics = evaluate_lib.evaluate(exp, eval_fn, state.ema_params)
           print(f"step {step} | validation bits/token {eval_metrics['eval/bits_per_token']:.4f}", flush=True)
           writer.write(step, eval_metrics)
           last.update(eval_metrics)
         if _due(step, config.train.sample_every, config.train.num_steps):
-          sample_writer.write_training_samples(graphdef, state.ema_params, config, info, workdir, step)
+          sample_writer.write_training_samples(exp.graphdef, state.ema_params, config, exp.info, workdir, step)
         preempted = preemption.agreed()
         if preempted or _due(step, config.train.checkpoint_every, config.train.num_steps):
           _raise_if_nonfinite(state, manager)

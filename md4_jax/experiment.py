@@ -1,0 +1,74 @@
+"""What a config implies before any array exists: mesh, data facts, model graph, abstract state, shardings.
+
+Shared by training, evaluation and sampling, so each restores checkpoints onto the devices at hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from md4_jax import data as data_lib
+from md4_jax import optim
+from md4_jax import sharding
+from md4_jax import train_state as train_state_lib
+from md4_jax.data import DataInfo
+from md4_jax.model import make_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  info: DataInfo
+  graphdef: Any                       # nnx GraphDef of the DiffusionModel
+  tx: optax.GradientTransformation
+  abstract_state: train_state_lib.TrainState  # ShapeDtypeStructs
+  state_sharding: train_state_lib.TrainState  # NamedShardings, same structure
+  init_state: Callable[[], train_state_lib.TrainState]  # jitted: a fresh state, placed
+
+  @property
+  def params_sharding(self) -> dict:
+    return self.state_sharding.params
+
+  def global_batch(self, local: dict) -> dict:
+    """This process's numpy batch -> global jax arrays split over the mesh."""
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
+  t, n = config.train, mesh.size
+  if t.num_steps < 1 or t.grad_accum_steps < 1:
+    raise ValueError(f"train.num_steps and train.grad_accum_steps must be >= 1; got {t.num_steps}, "
+                     f"{t.grad_accum_steps}")
+  if t.batch_size % (n * t.grad_accum_steps):
+    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by devices ({n}) x "
+                     f"train.grad_accum_steps ({t.grad_accum_steps})")
+  if t.eval_batch_size % n:
+    raise ValueError(f"train.eval_batch_size={t.eval_batch_size} must be divisible by the {n} devices")
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  mesh = sharding.make_mesh(config.mesh)
+  check_batch_sizes(config, mesh)
+  info = data_lib.dataset_info(config.data)
+  make = lambda: make_model(config, info, config.seed)
+  graphdef, abstract_params = nnx.split(nnx.eval_shape(make), nnx.Param)
+  params_sharding = sharding.param_shardings(abstract_params, mesh)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  create = lambda params: train_state_lib.create(params, tx, config.seed)
+  abstract_state = jax.eval_shape(create, nnx.to_pure_dict(abstract_params))
+  state_sharding = train_state_lib.TrainState(
+      step=sharding.replicated(mesh), params=params_sharding, ema_params=params_sharding,
+      opt_state=sharding.shardings_like_params(abstract_state.opt_state, params_sharding, mesh),
+      rng=sharding.replicated(mesh), nonfinite=sharding.replicated(mesh))
+  init_state = jax.jit(lambda: create(nnx.to_pure_dict(nnx.split(make(), nnx.Param)[1])),
+                       out_shardings=state_sharding)
+  return Experiment(config, mesh, info, graphdef, tx, abstract_state, state_sharding, init_state)
