@@ -252,9 +252,16 @@ def test_every_parameter_is_partitioned_for_fsdp(net):
     assert len(mesh_axes) == len(set(mesh_axes)), (kind, spec)
 
 
-def num_params(model_fn) -> int:
-  abstract = nnx.eval_shape(model_fn)
-  return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+def num_params(model_fn, fsdp: int = 8) -> int:
+  """Parameter count without allocation; also checks every dim mapped to 'fsdp' splits evenly."""
+  params = nnx.state(nnx.eval_shape(model_fn), nnx.Param)
+  rules = dict(axes.RULES)
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  specs = jax.tree.leaves(nnx.get_partition_spec(params), is_leaf=is_spec)
+  for spec, p in zip(specs, jax.tree.leaves(params)):
+    for name, size in zip(spec, p.shape):
+      assert rules.get(name) != "fsdp" or size % fsdp == 0, (spec, p.shape)
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
 
 
 def test_md4_small_parameter_count_matches_closed_form():

@@ -3,7 +3,10 @@
 Each parameter's annotation is a tuple with one name (or None) per array dimension. The training
 loop maps logical names to mesh axes; `RULES` is a valid default for a ('data', 'fsdp', 'tensor')
 mesh: no parameter carries two names that map to the same mesh axis, and V (or V+1) is never
-sharded (50257 is prime to any device count).
+sharded (50257 = 29 * 1733 splits over no usual device count). The networks insert no
+resharding themselves, so the mesh axes should be `jax.sharding.AxisType.Auto` (GSPMD
+propagation): under Explicit axes a matmul against an fsdp-sharded kernel raises a
+ShardingTypeError.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Transformer pieces shared by the text transformer and the DiT middle of the U-ViT (md4.md §4.1)."""
+"""Transformer pieces shared by the text transformer and the U-ViT's DiT middle (md4.md §4.1)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class TransformerBlock(nnx.Module):
     self.mlp = GatedMLP(width, mlp_type, init_scale=mlp_init_scale, dtype=dtype, rngs=rngs)
     if cond_dim:
       self.modulation = dense(cond_dim, 6 * width, (axes.COND, axes.EMBED), zero=True,
-                              dtype=dtype, rngs=rngs)
+                              dtype=dtype, out_dtype=jnp.float32, rngs=rngs)
       self.attention_norm = scale_free_layer_norm(width, rngs=rngs)
       self.mlp_norm = scale_free_layer_norm(width, rngs=rngs)
     else:
@@ -123,13 +123,13 @@ class FinalLayer(nnx.Module):
                rngs: nnx.Rngs, dtype=jnp.float32):
     if cond_dim:
       self.modulation = dense(cond_dim, 2 * width, (axes.COND, axes.EMBED), zero=True,
-                              dtype=dtype, rngs=rngs)
+                              dtype=dtype, out_dtype=jnp.float32, rngs=rngs)
       self.norm = scale_free_layer_norm(width, rngs=rngs)
     else:
       self.modulation = None
       self.norm = rms_norm(width, rngs=rngs)
     self.head = dense(width, out_dim, (axes.EMBED, out_name), use_bias=False, zero=True,
-                      dtype=dtype, rngs=rngs)
+                      dtype=dtype, out_dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array | None) -> jax.Array:
     """x [B, L, D], c [B, C] or None -> [B, L, out_dim] float32."""
@@ -137,4 +137,4 @@ class FinalLayer(nnx.Module):
     if self.modulation is not None:
       shift, scale = jnp.split(self.modulation(jax.nn.swish(c))[:, None, :], 2, axis=-1)
       h = h * (1.0 + scale) + shift
-    return self.head(h).astype(jnp.float32)
+    return self.head(h)

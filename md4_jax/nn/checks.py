@@ -1,4 +1,4 @@
-"""Config validation shared by the network configs: every failure is a ValueError naming the value."""
+"""Config validation shared by the network configs: failures are ValueErrors naming the value."""
 
 from __future__ import annotations
 

@@ -27,14 +27,19 @@ def partitioned(init, names: tuple[str | None, ...]):
 
 def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs,
           use_bias: bool = True, zero: bool = False, init_scale: float = 1.0,
-          dtype=jnp.float32) -> nnx.Linear:
-  """nnx.Linear with partitioned kernel/bias; `zero` -> zero kernel (adaLN-Zero, output heads)."""
+          dtype=jnp.float32, out_dtype=None) -> nnx.Linear:
+  """nnx.Linear with partitioned kernel/bias; `zero` -> zero kernel (adaLN-Zero, output heads).
+
+  Inputs are cast to `dtype`; `out_dtype=jnp.float32` keeps a float32 result of a bf16 matmul
+  (output heads, so logits are not rounded to bf16).
+  """
   if zero:
     kernel_init = nnx.initializers.zeros_init()
   else:
     kernel_init = nnx.initializers.variance_scaling(init_scale, "fan_in", "truncated_normal")
   return nnx.Linear(
       in_dim, out_dim, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      preferred_element_type=out_dtype,
       kernel_init=partitioned(kernel_init, names),
       bias_init=partitioned(nnx.initializers.zeros_init(), (names[1],)), rngs=rngs)
 
@@ -60,11 +65,12 @@ def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
 
 
 def conv3x3(in_dim: int, out_dim: int, *, rngs: nnx.Rngs, zero: bool = False,
-            dtype=jnp.float32) -> nnx.Conv:
+            dtype=jnp.float32, out_dtype=None) -> nnx.Conv:
   """3x3 'SAME' convolution (flax default init or zero), output channels partitioned."""
   kernel_init = nnx.initializers.zeros_init() if zero else nnx.initializers.lecun_normal()
   return nnx.Conv(
       in_dim, out_dim, kernel_size=(3, 3), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
+      preferred_element_type=out_dtype,
       kernel_init=partitioned(kernel_init, (None, None, None, axes.CHANNELS)),
       bias_init=partitioned(nnx.initializers.zeros_init(), (axes.CHANNELS,)), rngs=rngs)
 

@@ -70,7 +70,7 @@ class ResBlock(nnx.Module):
     self.conv1 = layers.conv3x3(in_dim, out_dim, dtype=dtype, rngs=rngs)
     self.cond_proj = (
         layers.dense(cond_dim, (2 if scale_shift else 1) * out_dim, (axes.COND, axes.CHANNELS),
-                     use_bias=False, zero=True, dtype=dtype, rngs=rngs)
+                     use_bias=False, zero=True, dtype=dtype, out_dtype=jnp.float32, rngs=rngs)
         if cond_dim else None)
     self.norm2 = layers.group_norm(out_dim, num_groups, rngs=rngs)
     self.conv2 = layers.conv3x3(out_dim, out_dim, zero=True, dtype=dtype, rngs=rngs)
@@ -120,7 +120,7 @@ class ImageBackbone(nnx.Module):
     c, dtype = config, checks.DTYPES[config.dtype]
     f = c.feature_dim
     self.embed = nnx.Embed(
-        c.vocab_size + 1, f, dtype=dtype, rngs=rngs,
+        c.vocab_size + 1, f, rngs=rngs,
         embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.CHANNELS)))
     self.cond_embed = (
         embeddings.CondEmbedding(c.cond_dim, time_conditioning=c.time_conditioning,
@@ -134,7 +134,7 @@ class ImageBackbone(nnx.Module):
     self.up = nnx.List([ResBlock(2 * f, f, **block) for _ in range(c.num_layers + 1)])
     self.norm_out = layers.group_norm(f, c.num_groups, rngs=rngs)
     self.conv_out = layers.conv3x3(f, c.num_channels * c.vocab_size, zero=True, dtype=dtype,
-                                   rngs=rngs)
+                                   out_dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
                rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -164,4 +164,4 @@ class ImageBackbone(nnx.Module):
     for block, block_key in zip(self.up, block_keys[c.num_layers:]):
       h = apply_block(block, jnp.concatenate([h, hs.pop()], axis=-1), cond_vec, block_key)
     h = self.conv_out(jax.nn.swish(self.norm_out(h)))  # [B, H, W, C*V]
-    return h.reshape(b, height, width, channels, c.vocab_size).astype(jnp.float32)
+    return h.reshape(b, height, width, channels, c.vocab_size)

@@ -29,7 +29,7 @@ TRANSFORMER_SIZES = {
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Transformer hyper-parameters; the conditioning width is width // num_heads (md4 feature_dim)."""
+  """Transformer sizes; the conditioning width is width // num_heads (md4 feature_dim)."""
   vocab_size: int  # V data tokens; the mask id is V
   num_layers: int
   num_heads: int
@@ -79,7 +79,7 @@ class Transformer(nnx.Module):
     c, dtype = config, checks.DTYPES[config.dtype]
     embed_dim = c.head_dim if c.outside_embed else c.width
     self.embed = nnx.Embed(
-        c.vocab_size + 1, embed_dim, dtype=dtype, rngs=rngs,
+        c.vocab_size + 1, embed_dim, rngs=rngs,
         embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.EMBED)))
     self.embed_proj = (layers.dense(embed_dim, c.width, (None, axes.EMBED), dtype=dtype, rngs=rngs)
                        if c.outside_embed else None)
@@ -112,16 +112,16 @@ class Transformer(nnx.Module):
       raise ValueError(f"z_t must have shape [B, L]; got {z_t.shape}")
     if t.shape != z_t.shape[:1]:
       raise ValueError(f"t must have shape [B] = {z_t.shape[:1]}; got {t.shape}")
+    if self.cond_embed is None and cond is not None:
+      raise ValueError("cond was given but the network has num_classes=0")
     key = rngs.dropout() if (rngs is not None and c.dropout > 0) else None
     key_embed, *block_keys = layers.split_key(key, c.num_layers + 1)
 
     h = self.embed(z_t)  # [B, L, E]
     if self.embed_proj is not None:
       h = self.embed_proj(h)
-    h = layers.dropout(h.astype(jnp.float32), c.dropout, key_embed, (1,))  # [B, L, D]
+    h = layers.dropout(h.astype(jnp.float32), c.dropout, key_embed, (1,))  # [B, L, D] f32
     cond_vec = self.cond_embed(t, cond) if self.cond_embed is not None else None  # [B, C]
-    if cond_vec is None and cond is not None:
-      raise ValueError("cond was given but the network has num_classes=0")
     rope = embeddings.rope_tables(z_t.shape[1], c.head_dim, c.rope_theta)
 
     def apply_block(block, h, cond_vec, rope, key):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 from flax import nnx
 
 from md4_jax.nn import blocks
@@ -59,8 +60,9 @@ class UViT(resnet.ImageBackbone):
         attention=c.attention, remat=c.remat, rngs=rngs)
     super().__init__(config, middle, scale_shift=True, rngs=rngs)
 
-  def __call__(self, z_t, t, cond=None, *, rngs=None):
-    """Logits [B, H, W, C, V]; H = W = config.image_size."""
+  def __call__(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Logits [B, H, W, C, V] float32; H = W = config.image_size (the DiT token grid)."""
     size = self.config.image_size
     if z_t.ndim != 4 or z_t.shape[1:3] != (size, size):
       raise ValueError(f"z_t must have shape [B, {size}, {size}, C]; got {z_t.shape}")
