@@ -19,9 +19,11 @@ EMBED_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis
 
 
 def partitioned(init, names: tuple[str | None, ...]):
-  """Initializer annotated with logical axis names, without eager sharding: the module builds
-  without a mesh, and the training loop turns `nnx.get_partition_spec` + `axes.RULES` into
-  shardings (e.g. by jitting the init with those out_shardings)."""
+  """Initializer annotated with logical axis names, without eager sharding.
+
+  The module builds without a mesh; the training loop turns `nnx.get_partition_spec` and
+  `axes.RULES` into shardings (e.g. by jitting the init with those out_shardings).
+  """
   return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
