@@ -19,13 +19,13 @@ from md4_jax import genmd4
 from md4_jax.nn import SIZES, make_network
 from md4_jax.schedules import MaskingSchedule, make_schedule
 
-OBJECTIVES = ("md4", "genmd4")
+OBJECTIVES = ("md4", "genmd4", "ar")  # 'ar': a causal left-to-right baseline / Gen-PPL scorer
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """The `config.diffusion` group as a typed value."""
-  objective: str = "md4"       # 'md4' | 'genmd4'
+  objective: str = "md4"       # 'md4' | 'genmd4' | 'ar'
   schedule: str = "linear"     # a make_schedule name (GenMD4: the per-token poly, this is ignored)
   eps: float = 1e-4
   antithetic: bool = True
@@ -77,6 +77,14 @@ class DiffusionModel(nnx.Module):
     logits = self.network(z_t, t, cond, rngs=rngs)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
+  def ar_token_log_probs(self, x: jax.Array, cond: jax.Array | None = None, *,
+                         rngs: nnx.Rngs | None = None) -> jax.Array:
+    """'ar' models: log p(x_n | x_<n) [B, L] under causal attention; the mask id V serves as BOS."""
+    bos = jnp.full(x.shape[:1] + (1,), self.vocab_size, x.dtype)
+    inputs = jnp.concatenate([bos, x[:, :-1]], axis=1)  # [B, L]
+    log_probs = self.log_probs(inputs, jnp.zeros(x.shape[:1]), cond, rngs=rngs)  # [B, L, V]
+    return diffusion.log_prob_of(log_probs, x)
+
   def denoiser(self, cond: jax.Array | None = None, *, rngs: nnx.Rngs | None = None):
     """denoise_fn(z_t, t) for diffusion.py and sampling (cond and dropout bound)."""
     return lambda z_t, t: self.log_probs(z_t, t, cond, rngs=rngs)
@@ -89,6 +97,9 @@ class DiffusionModel(nnx.Module):
     if c.objective == "genmd4":
       result = genmd4.rloo_loss(denoise_fn, key, x, self.genmd4_w, c.eps, c.antithetic)
       return Loss(result.surrogate, result.nelbo)
+    if c.objective == "ar":
+      nll = -jnp.sum(self.ar_token_log_probs(x, cond, rngs=rngs), axis=-1)
+      return Loss(jnp.mean(nll), nll)
     if c.cont_time:
       nelbo = diffusion.continuous_nelbo(denoise_fn, key, x, c.masking_schedule, c.antithetic)
     else:
@@ -119,6 +130,10 @@ def make_model(config: ml_collections.ConfigDict, info, seed: int) -> DiffusionM
   """Builds the model of an experiment config (`config.model`, `config.diffusion`) for data `info`."""
   rngs = nnx.Rngs(seed)
   kwargs = network_kwargs(config.model, info.vocab_size, info.num_classes, info.data_shape)
+  if config.diffusion.objective == "ar":
+    if config.model.kind != "transformer":
+      raise ValueError(f"diffusion.objective='ar' needs model.kind='transformer'; got {config.model.kind!r}")
+    kwargs.update(causal=True, time_conditioning=False)
   network = make_network(config.model.kind, kwargs, rngs=rngs)
   vocab_size = info.vocab_size
   return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs)

@@ -37,6 +37,8 @@ def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init
 
 def write_training_samples(graphdef, params, config, info, workdir: str, step: int) -> str | None:
   """Writes config.train.num_samples samples to workdir/samples/step_<step>.txt (text) or .npy (images)."""
+  if config.diffusion.objective == "ar":
+    return None  # 'ar' models are likelihood / Gen-PPL scorers here; the diffusion samplers do not apply
   key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
   z_init = np.full((config.train.num_samples,) + tuple(info.data_shape), info.vocab_size, np.int32)
   tokens = generate(graphdef, params, config.sampler, z_init, key)
