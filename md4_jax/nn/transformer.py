@@ -107,6 +107,21 @@ class Transformer(nnx.Module):
       rngs: nnx.Rngs with a 'dropout' stream, or None for deterministic evaluation.
       positions: optional int [B, K]; the head is applied only at these positions.
     """
+    h, cond_vec = self._trunk(z_t, t, cond, rngs)
+    if positions is not None:
+      h = jnp.take_along_axis(h, positions[..., None], axis=1)  # [B, K, D]
+    return self.final(h, cond_vec)  # [B, L or K, V] float32
+
+  def hidden_states(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
+                    rngs: nnx.Rngs | None = None) -> jax.Array:
+    """The residual stream after the last block, [B, L, D] float32: what the final norm and head read.
+
+    Features of a sequence (MAUVE's featuriser, quality.py); arguments as in __call__.
+    """
+    return self._trunk(z_t, t, cond, rngs)[0]
+
+  def _trunk(self, z_t, t, cond, rngs) -> tuple[jax.Array, jax.Array | None]:
+    """(h [B, L, D] float32 after the blocks, the conditioning vector [B, C] or None)."""
     c = self.config
     if z_t.ndim != 2:
       raise ValueError(f"z_t must have shape [B, L]; got {z_t.shape}")
@@ -131,6 +146,4 @@ class Transformer(nnx.Module):
       apply_block = nnx.remat(apply_block)
     for block, block_key in zip(self.blocks, block_keys):
       h = apply_block(block, h, cond_vec, rope, block_key)
-    if positions is not None:
-      h = jnp.take_along_axis(h, positions[..., None], axis=1)  # [B, K, D]
-    return self.final(h, cond_vec)  # [B, L or K, V] float32
+    return h, cond_vec
