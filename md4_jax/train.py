@@ -82,22 +82,33 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, graphdef, tx, 
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """SIGTERM -> a step at which every process saves a checkpoint and stops.
 
-  def __init__(self):
+  A signal handler sets this process's flag. With several processes the flags are OR-ed over all of them by a
+  tiny jitted reduction dispatched after each step, and the loop reads the previous step's result: the devices
+  have finished it by then, so the check never holds back the dispatch of the next step, and every process reads
+  the same value at the same step. A run stops at most two steps after the signal.
+  """
+
+  def __init__(self, mesh: jax.sharding.Mesh):
     self.requested = False
     self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._mesh = mesh
+    self._pending = None  # the OR of all flags, dispatched after the previous step
+    self._any = jax.jit(jnp.any, out_shardings=sharding.replicated(mesh))
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
   def agreed(self) -> bool:
-    """True when any process received SIGTERM (all processes must stop at the same step)."""
+    """True when any process received SIGTERM (called after every step, on every process)."""
     if jax.process_count() == 1:
       return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+    local = np.full(len(self._mesh.local_devices), self.requested)  # [local devices]
+    flags = jax.make_array_from_process_local_data(sharding.batch_sharding(self._mesh), local)
+    previous, self._pending = self._pending, self._any(flags)
+    return previous is not None and bool(previous)
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
@@ -131,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = exp.init_state()
 
   writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
-  preemption = _Preemption()
+  preemption = _Preemption(mesh)
   step = int(state.step)
   last = {}
   sums, count = None, 0
@@ -192,13 +203,28 @@ def _raise_if_nonfinite(state, manager) -> None:
         f"{manager.latest_step()}. Lower optim.lr, raise optim.warmup_steps or check the data.")
 
 
+def initialize_distributed(multihost: bool) -> None:
+  """Joins a multi-process run (jax.distributed.initialize) before any device is touched.
+
+  JAX_COORDINATOR_ADDRESS set (launch/local.py, or by hand): the process id and count come from JAX_PROCESS_ID and
+  JAX_NUM_PROCESSES, or, where those are unset, from the cluster jax detects. Otherwise `multihost` (--multihost)
+  lets jax detect everything: Cloud TPU pods, SLURM, Open MPI, Kubernetes. Neither: a single-process run.
+  """
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if address:
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(address, num_processes=None if count is None else int(count),
+                               process_id=None if index is None else int(index))
+  elif multihost:
+    jax.distributed.initialize()
+
+
 def main(argv) -> None:
   del argv
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+  initialize_distributed(flags.FLAGS.multihost)
   try:
     train_and_evaluate(config, workdir)
   except (ValueError, FloatingPointError, OSError) as error:
@@ -213,6 +239,8 @@ def run() -> None:
   config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py)",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples")
+  flags.DEFINE_bool("multihost", False, "join a multi-process run detected by jax.distributed (TPU pod, SLURM, "
+                    "Open MPI); a run with JAX_COORDINATOR_ADDRESS set joins without it")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
 

@@ -1,0 +1,173 @@
+"""Multi-process training with launch/local.py: 2 processes x 4 CPU devices (jax.distributed on localhost, gloo
+collectives) against 1 process x 8 devices (this test process).
+
+The jax runs are marked `multiprocess` (about a minute on 2 cores); deselect them with -m "not multiprocess".
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from md4_jax import checkpoint, experiment, train
+from train_configs import ROOT, tiny_config
+
+NUM_STEPS = 12
+OVERRIDES = {"mesh.data": -1, "train.num_steps": NUM_STEPS, "train.log_every": 1, "train.checkpoint_every": 4}
+LAUNCH = [sys.executable, "-m", "launch.local", "--num_processes", "2", "--devices_per_process", "4",
+          "--timeout_s", "150", "--"]
+TRAIN = [sys.executable, "-m", "md4_jax.train", "--config", "tests/tiny_experiment.py",
+         *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
+
+
+def _env() -> dict[str, str]:
+  """PYTHONPATH for tests/tiny_experiment.py, and this session's compilation cache (shared by both launches)."""
+  cache = jax.config.jax_compilation_cache_dir
+  return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+              JAX_COMPILATION_CACHE_DIR=cache or "", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _launch(command: list[str]) -> subprocess.Popen:
+  return subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _state(workdir, step: int):
+  """The train state of checkpoint `step`, placed for this process's 8 devices (whoever wrote it)."""
+  config = tiny_config(**OVERRIDES)
+  exp = experiment.build(config)
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  state, _ = checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
+      exp.abstract_state, exp.state_sharding), checkpoint.fingerprint(config))
+  manager.close()
+  return state
+
+
+def _steps(workdir) -> list[int]:
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def _train_metrics(workdir) -> dict[int, dict]:
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  return {line["step"]: line for line in lines if "train/objective" in line}
+
+
+def _assert_same_curve(got: dict[int, dict], want: dict[int, dict], steps) -> None:
+  for step in steps:
+    for key in ("train/objective", "train/nelbo", "train/grad_norm"):
+      np.testing.assert_allclose(got[step][key], want[step][key], rtol=1e-5, err_msg=f"{key} at step {step}")
+
+
+def _assert_same_state(a, b) -> None:
+  """Same step and data position; parameters and EMA equal up to float32 reduction order.
+
+  Across processes the gradient all-reduce adds in another order; Adam's m / sqrt(v) turns the last-bit
+  differences of near-zero gradient entries into update differences, so the absolute tolerance is set
+  against the learning rate (2e-3): 1e-6 is 1/2000 of one step's largest update.
+  """
+  assert int(a.step) == int(b.step)
+  for x, y in zip(jax.tree.leaves((a.params, a.ema_params)), jax.tree.leaves((b.params, b.ema_params)), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """(1 process x 8 devices, 2 processes x 4 devices, the latter's output): NUM_STEPS steps from scratch,
+  checkpoints every 4. The two runs overlap: the 2-process one starts first, in the background."""
+  one, two = str(tmp_path_factory.mktemp("one_process")), str(tmp_path_factory.mktemp("two_processes"))
+  proc = _launch(LAUNCH + TRAIN + ["--workdir", two])
+  try:
+    train.train_and_evaluate(tiny_config(**OVERRIDES), one)
+  finally:
+    out, _ = proc.communicate(timeout=200)
+  assert proc.returncode == 0, out
+  return one, two, out
+
+
+@pytest.mark.multiprocess
+def test_two_processes_reproduce_the_one_process_loss_curve(runs):
+  one, two, out = runs
+  assert re.search(r"^\[1\] first step done", out, re.M)  # both processes trained
+  assert not re.search(r"^\[1\] step ", out, re.M)  # only process 0 logs
+  _assert_same_curve(_train_metrics(two), _train_metrics(one), range(1, NUM_STEPS + 1))
+  assert _steps(two) == [4, 8, 12]
+  _assert_same_state(_state(two, NUM_STEPS), _state(one, NUM_STEPS))
+
+
+@pytest.mark.multiprocess
+def test_checkpoints_move_between_one_and_two_processes_and_sigterm_stops_both(runs, tmp_path):
+  """1-process checkpoint 4 -> 2 processes, SIGTERM to process 1 only: both save step s and stop;
+  2-process checkpoint s -> 1 process, to the end: the same curve and final state as the uninterrupted run."""
+  reference = runs[0]
+  two = str(tmp_path / "two")
+  shutil.copytree(os.path.join(reference, "checkpoints", "4"), os.path.join(two, "checkpoints", "4"))
+  proc = _launch(LAUNCH + TRAIN + ["--workdir", two])
+  lines, pids = [], {}
+  for line in proc.stdout:
+    lines.append(line)
+    if match := re.match(r"\[launch\] process (\d): pid (\d+)", line):
+      pids[int(match[1])] = int(match[2])
+    if line.startswith("[0] step 6/"):
+      os.kill(pids[1], signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=200)
+  out = "".join(lines) + rest
+  assert proc.returncode == 0, out
+  assert "[0] resumed from" in out and "[1] resumed from" in out
+  stops = re.findall(r"^\[(\d)\] SIGTERM: saved checkpoint (\d+) and stopped", out, re.M)
+  assert sorted(p for p, _ in stops) == ["0", "1"] and stops[0][1] == stops[1][1], out
+  stop = int(stops[0][1])
+  assert 6 <= stop <= 8 and _steps(two) == [4, stop]  # within two steps of the signal
+  want = _train_metrics(reference)
+  _assert_same_curve(_train_metrics(two), want, range(5, stop + 1))
+
+  one = str(tmp_path / "one")
+  shutil.copytree(os.path.join(two, "checkpoints", str(stop)), os.path.join(one, "checkpoints", str(stop)))
+  train.train_and_evaluate(tiny_config(**OVERRIDES), one)
+  _assert_same_curve(_train_metrics(one), want, range(stop + 1, NUM_STEPS + 1))
+  _assert_same_state(_state(one, NUM_STEPS), _state(reference, NUM_STEPS))
+
+
+def _python(code: str) -> list[str]:
+  return [sys.executable, "-c", code]
+
+
+def test_launcher_prefixes_output_and_sets_the_process_environment():
+  code = ("import os; print(os.environ['JAX_PROCESS_ID'], os.environ['JAX_NUM_PROCESSES'], "
+          "os.environ['JAX_NUM_CPU_DEVICES'], os.environ['JAX_PLATFORMS'], os.environ['JAX_COORDINATOR_ADDRESS'])")
+  out = subprocess.run([sys.executable, "-m", "launch.local", "-n", "3", "-d", "2", "--", *_python(code)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+  rows = sorted(line.split() for line in out.splitlines() if not line.startswith("[launch]"))
+  ports = {row[5] for row in rows}
+  assert [row[:5] for row in rows] == [[f"[{i}]", str(i), "3", "2", "cpu"] for i in range(3)], out
+  assert len(ports) == 1 and re.fullmatch(r"localhost:\d+", ports.pop())
+
+
+def test_launcher_stops_the_others_when_one_process_fails():
+  code = ("import os, sys, time; i = int(os.environ['JAX_PROCESS_ID']); "
+          "time.sleep(120) if i == 0 else sys.exit(3)")
+  start = time.time()
+  result = subprocess.run([sys.executable, "-m", "launch.local", "-n", "2", "-d", "1", "--", *_python(code)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 3, result.stderr
+  assert "process 1 exited with status 3" in result.stderr
+  assert time.time() - start < 30  # process 0 was stopped, not waited for
+
+
+def test_launcher_timeout_and_bad_arguments():
+  result = subprocess.run([sys.executable, "-m", "launch.local", "-n", "2", "-d", "1", "--timeout_s", "1", "--",
+                           *_python("import time; time.sleep(120)")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 124 and "timed out" in result.stderr
+  result = subprocess.run([sys.executable, "-m", "launch.local", "-n", "0", "--", "true"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2 and "num_processes=0" in result.stderr
