@@ -60,11 +60,11 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
       raise ValueError(f"genmd4_w must have shape ({vocab_size},); got {genmd4_w.shape}")
     if not isinstance(genmd4_w, jax.core.Tracer) and not bool(jnp.all(genmd4_w > 0)):
       raise ValueError("genmd4_w must be > 0 everywhere")
-  plan, fraction = make_plan(static_config)
-  if (plan.t.shape[0] + 1) * (z_init.size // z_init.shape[0]) >= 2**32:
-    raise ValueError(f"(steps + 1) * positions per example must stay below 2^32 (random counters); got "
+  plan = make_plan(static_config)
+  if (plan.t.shape[0] + 2) * (z_init.size // z_init.shape[0]) >= 2**32:
+    raise ValueError(f"(steps + 2) * positions per example must stay below 2^32 (random counters); got "
                      f"{plan.t.shape[0]} steps and {z_init.size // z_init.shape[0]} positions")
-  static = make_static(static_config, plan, fraction, vocab_size, z_init.size, genmd4_w is not None)
+  static = make_static(static_config, plan, vocab_size, z_init.size, genmd4_w is not None)
   tokens, stats = run_jit(denoise_fn, key, z_init, plan, genmd4_w, static=static)
   if not return_stats:
     return tokens

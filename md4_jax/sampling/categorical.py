@@ -21,6 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry_2x32
 
 _ONE_BITS = 0x3F800000  # float32 1.0 as int32; non-negative floats order like their bit patterns
 _TOP_P_ITERS = 30       # 2^30 > _ONE_BITS + 1: bisection over bit patterns ends with hi - lo = 1
@@ -28,24 +29,44 @@ _BLOCK = 16             # block size of for_selected's rank search
 
 
 def exponential(bits: jax.Array) -> jax.Array:
-  """Exp(1) samples, float32 [...], from two uint32 words bits [2, ...].
+  """Exp(1) samples, float32 [...], from pairs of uint32 words bits [..., 2].
 
   u = (hi + (lo + 1/2) 2^-32) 2^-32 has relative precision 2^-24 down to 2^-64, capped at the largest float32
   below 1; E = -log1p(-u) lies in (2.7e-20, 16.6].
   """
-  hi = bits[0].astype(jnp.float32) * np.float32(2.0**-32)
-  lo = (bits[1].astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-64)
+  hi = bits[..., 0].astype(jnp.float32) * np.float32(2.0**-32)
+  lo = (bits[..., 1].astype(jnp.float32) + np.float32(0.5)) * np.float32(2.0**-64)
   return -jnp.log1p(-jnp.minimum(hi + lo, np.float32(1.0 - 2.0**-24)))
 
 
-def position_keys(row_keys: jax.Array, step, idx: jax.Array, num_per_row: int) -> jax.Array:
-  """Keys of flat positions idx [K] (= b * N + n) at `step`: fold_in(row_keys[b], step * N + n).
+def row_seeds(key: jax.Array, batch: int) -> jax.Array:
+  """Two uint32 seed words per example, [B, 2]: the first two words of fold_in(key, b) (any key type)."""
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch, dtype=jnp.uint32))
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.key_data(keys)
+  return keys.reshape(batch, -1)[:, :2].astype(jnp.uint32)
+
+
+def random_words(seeds: jax.Array, counter: jax.Array, num_words: int) -> jax.Array:
+  """Counter-mode threefry: uint32 [K, num_words], word j of row k = hash(seeds[k], (counter[k], j)).
+
+  seeds [K, 2] uint32 (rows of `row_seeds`), counter [K] uint32. One hash site, whatever K and num_words.
+  """
+  def one(seed, hi):
+    pairs = -(-num_words // 2)
+    count = jnp.concatenate([jnp.full((pairs,), hi, jnp.uint32), jnp.arange(pairs, dtype=jnp.uint32)])
+    return threefry_2x32((seed[0], seed[1]), count)[:num_words]  # (hi, j) pairs -> 2 words each
+  return jax.vmap(one)(seeds, counter.astype(jnp.uint32))
+
+
+def position_words(seeds: jax.Array, step, idx: jax.Array, num_per_row: int, num_words: int) -> jax.Array:
+  """Random words of flat positions idx [K] (= b * N + n) at `step`: counter step * N + n of example b's seed.
 
   An example's randomness therefore depends only on (key, b, step, n), not on the batch size or on which other
-  positions are drawn alongside. (step + 1) * N must stay below 2^32 (checked by `sample`).
+  positions are drawn alongside. (steps + 2) * N must stay below 2^32 (checked by `sample`).
   """
   counter = jnp.asarray(step, jnp.uint32) * np.uint32(num_per_row) + (idx % num_per_row).astype(jnp.uint32)
-  return jax.vmap(jax.random.fold_in)(row_keys[idx // num_per_row], counter)
+  return random_words(seeds[idx // num_per_row], counter, num_words)
 
 
 def for_selected(select: jax.Array, capacity: int, body, init):
@@ -109,7 +130,7 @@ def race_groups(vocab_size: int) -> tuple[int, int]:
 def race(log_w: jax.Array, bits: jax.Array) -> jax.Array:
   """Two-level exponential race: P(v) = w_v / sum w, from 2 (G + C) random words instead of 2 V.
 
-  log_w [K, V] unnormalised log-weights (-inf = excluded), bits [2, K, G + C] uint32 (`race_groups`) -> int32 [K].
+  log_w [K, V] unnormalised log-weights (-inf = excluded), bits [K, G + C, 2] uint32 (`race_groups`) -> int32 [K].
   A group g is drawn with probability W_g / sum W, W_g = sum of its weights, by argmax_g (log W_g - log E_g), E
   ~ Exp(1), then a token of g with probability w_v / W_g by a race inside g. Both levels keep float32 relative
   precision (W_g is a sum of positive terms), so a token's probability is exact to ~1e-6 relative however small.
@@ -123,31 +144,30 @@ def race(log_w: jax.Array, bits: jax.Array) -> jax.Array:
   return (group * size + jnp.argmax(inside - log_e[:, groups:], axis=-1)).astype(jnp.int32)
 
 
-def redraw(fired, clocks, log_w, row_keys, step, capacity: int, transform=None):
+def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None):
   """Fresh clocks, and tokens drawn from log_w, at the fired positions only.
 
   fired [M] bool, clocks [M] float32, log_w [M, V] log-weights or None (clocks only); M = B * N row-major over
-  the examples, row_keys [B]. Position idx uses the bits of `position_keys`: two words for its clock, 2 (G + C)
-  for its race. `transform` maps gathered rows [K, V] -> log-weights (temperature, top-p); None uses them as they are.
+  the examples, seeds [B, 2] (`row_seeds`). Position idx uses `position_words`: two words for its clock,
+  2 (G + C) for its race. `transform` maps gathered rows [K, V] -> log-weights (temperature, top-p); None uses them as they are.
   Returns clocks [M], tokens [M] int32 and the drawn token's probability under the transformed, normalised row,
   probs [M] float32 (tokens and probs 0 where not fired).
   """
   m = clocks.shape[0]
-  num_per_row = m // row_keys.shape[0]
-  words = 0 if log_w is None else sum(race_groups(log_w.shape[-1]))
+  num_per_row = m // seeds.shape[0]
+  pairs = 1 if log_w is None else 1 + sum(race_groups(log_w.shape[-1]))
 
   def body(idx, carry):
     clocks, tokens, probs = carry
     safe = jnp.minimum(idx, m - 1)
-    keys = position_keys(row_keys, step, safe, num_per_row)
-    bits = jnp.moveaxis(jax.vmap(lambda k: jax.random.bits(k, (2, 1 + words), jnp.uint32))(keys), 1, 0)
-    clocks = clocks.at[idx].set(exponential(bits[:, :, 0]), mode="drop")  # bits [2, K, 1 + G + C]
+    bits = position_words(seeds, step, safe, num_per_row, 2 * pairs).reshape(-1, pairs, 2)  # [K, 1 + G + C, 2]
+    clocks = clocks.at[idx].set(exponential(bits[:, 0]), mode="drop")
     if log_w is None:
       return clocks, tokens, probs
     rows = log_w[safe]  # [K, V]
     if transform is not None:
       rows = transform(rows)
-    tok = race(rows, bits[:, :, 1:])
+    tok = race(rows, bits[:, 1:])
     log_prob = jnp.take_along_axis(rows, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(rows, axis=-1)
     return clocks, tokens.at[idx].set(tok, mode="drop"), probs.at[idx].set(jnp.exp(log_prob), mode="drop")
 

@@ -17,7 +17,6 @@ denoiser at t = 0 by argmax ('argmax', as both references) or by a draw ('sample
 from __future__ import annotations
 
 import dataclasses
-import math
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,9 +53,9 @@ class Static:
   """Static arguments of the jitted run."""
 
   vocab_size: int
-  capacity: int         # positions handled per pass of the compacted loops (a power of 2)
+  capacity: int         # positions handled per pass of the compacted loops (capacity_for)
   remask: bool          # some sigma_t > 0
-  conf: bool            # per-token sigma from confidences (ReMDM 'conf')
+  conf: bool            # per-token sigma from confidences (ReMDM 'conf' with some sigma_t > 0)
   genmd4: bool
   eps: float            # the schedule's shift (GenMD4 only, else 0)
   cache: bool
@@ -66,8 +65,8 @@ class Static:
   top_p_rule: str
 
 
-def make_plan(config: SamplerConfig) -> tuple[Plan, float]:
-  """The per-step coefficients, and the expected fraction of positions changing per step (mean over steps)."""
+def make_plan(config: SamplerConfig) -> Plan:
+  """The per-step coefficients of `config`."""
   grid = grid_lib.make_grid(config)
   sigma = remdm.step_sigma(config, grid)
   conf = config.name == "remdm" and config.strategy == "conf"
@@ -78,24 +77,22 @@ def make_plan(config: SamplerConfig) -> tuple[Plan, float]:
   hazard_mask = ancestral.host_hazard(p_unmask, p_stay)
   hazard_unmask = ancestral.host_hazard(sigma, 1.0 - sigma)
   arrays = (grid.t_model, grid.t, grid.s, hazard_mask, hazard_unmask, sigma)
-  plan = Plan(*(np.asarray(a, np.float32) for a in arrays))
-  changing = grid.one_minus_alpha_t * p_unmask + grid.alpha_t * sigma
-  return plan, float(np.mean(changing))
+  return Plan(*(np.asarray(a, np.float32) for a in arrays))
 
 
-def capacity_for(num_positions: int, fraction: float) -> int:
-  """Positions per pass: the mean expected number changing per step plus 4 standard deviations, rounded up to a
-  power of 2 (so that similar configs share a compiled loop); busier steps take several passes."""
-  mean = num_positions * fraction
-  rows = int(math.ceil(mean + 4.0 * math.sqrt(mean) + 8.0))
-  return min(num_positions, 1 << (rows - 1).bit_length())
+def capacity_for(num_positions: int) -> int:
+  """Positions per pass of the compacted loops: ~1/256 of them as a power of 2, at least 16.
+
+  Typical steps change far fewer positions, so one pass usually suffices; busier steps take several. The value
+  depends only on the shape, so configs of the same structure share one compiled loop.
+  """
+  return min(num_positions, max(16, 1 << (-(-num_positions // 256) - 1).bit_length()))
 
 
-def make_static(config: SamplerConfig, plan: Plan, fraction: float, vocab_size: int, num_positions: int,
-                genmd4: bool) -> Static:
-  return Static(vocab_size=vocab_size, capacity=capacity_for(num_positions, fraction),
-                remask=bool(np.any(np.asarray(plan.sigma) > 0)),
-                conf=config.name == "remdm" and config.strategy == "conf", genmd4=genmd4,
+def make_static(config: SamplerConfig, plan: Plan, vocab_size: int, num_positions: int, genmd4: bool) -> Static:
+  remask = bool(np.any(np.asarray(plan.sigma) > 0))
+  return Static(vocab_size=vocab_size, capacity=capacity_for(num_positions), remask=remask,
+                conf=remask and config.name == "remdm" and config.strategy == "conf", genmd4=genmd4,
                 eps=config.eps if genmd4 else 0.0, cache=config.cache, final=config.final,
                 temperature=config.temperature, top_p=config.top_p, top_p_rule=config.top_p_rule)
 
@@ -121,8 +118,8 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
   batch, shape, m = z_init.shape[0], z_init.shape, z_init.size
   num_steps = plan.t.shape[0]
   transform = _transform(static)
-  conf = static.remask and static.conf
-  row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch))
+  conf = static.conf
+  seeds = categorical.row_seeds(key, batch)  # [B, 2]
   remaskable = z_init == mask_id  # fixed (prompt) tokens are never remasked
 
   def denoise(state, t):
@@ -137,7 +134,7 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
   def redraw(fired, clock, log_w, step, rows_transform):
     """categorical.redraw on [B, ...] arrays: fresh clocks, and tokens if log_w [B, ..., V] is given."""
     out = categorical.redraw(fired.reshape(m), clock.reshape(m), None if log_w is None else log_w.reshape(m, -1),
-                             row_keys, step, capacity, rows_transform)
+                             seeds, step, capacity, rows_transform)
     return tuple(a.reshape(shape) for a in out)
 
   def step(state, xs):
@@ -180,9 +177,10 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
     state = state.replace(z=z, clock=clock)
     return state, (jnp.sum(z == mask_id), jnp.sum(remask))
 
-  clock_bits = jax.vmap(lambda k: jax.random.bits(k, (2,) + shape[1:], jnp.uint32))(row_keys)  # [B, 2, ...]
+  first_counter = jnp.full((batch,), np.uint32((num_steps + 1) * (m // batch)))  # after every step's counters
+  first_bits = categorical.random_words(seeds, first_counter, 2 * (m // batch))
   state = SamplerState(
-      z=z_init, clock=categorical.exponential(jnp.moveaxis(clock_bits, 1, 0)), nfe=jnp.int32(0),
+      z=z_init, clock=categorical.exponential(first_bits.reshape(shape + (2,))), nfe=jnp.int32(0),
       neg_psi=jnp.full((batch, m // batch), -jnp.inf, jnp.float32) if conf else None,
       cache=jnp.zeros(shape + (mask_id,), jnp.float32) if static.cache else None,
       cache_z=jnp.full(shape, -1, jnp.int32) if static.cache else None)
