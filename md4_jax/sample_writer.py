@@ -17,14 +17,15 @@ from md4_jax import sampling
 @functools.lru_cache(maxsize=None)
 def _denoise_fn_of(graphdef):
   """One function object per graphdef, so repeated sampling reuses the compiled loop."""
-  def denoise(params, z_t, t):
-    return nnx.merge(graphdef, params).log_probs(z_t, t)
+  def denoise(params, cond, z_t, t):
+    return nnx.merge(graphdef, params).log_probs(z_t, t, cond)
   return denoise
 
 
-def denoiser(graphdef, params) -> jax.tree_util.Partial:
-  """The model's denoise_fn(z_t, t) with `params` traced (not baked in as constants)."""
-  return jax.tree_util.Partial(_denoise_fn_of(graphdef), params)
+def denoiser(graphdef, params, cond: jax.Array | None = None) -> jax.tree_util.Partial:
+  """The model's denoise_fn(z_t, t) with `params` (and class labels cond int [B], None = unconditional) traced,
+  not baked in as constants."""
+  return jax.tree_util.Partial(_denoise_fn_of(graphdef), params, cond)
 
 
 def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init: np.ndarray,

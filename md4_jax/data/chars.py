@@ -50,7 +50,7 @@ def text8_default_config() -> ml_collections.ConfigDict:
 
 def char_info(config: ml_collections.ConfigDict) -> DataInfo:
   return DataInfo(vocab_size=text_corpus.VOCAB_SIZE, data_shape=(int(config.seq_len),), num_classes=0,
-                  decode=text_corpus.decode_chars)
+                  decode=text_corpus.decode_chars, encode=text_corpus.encode_chars)
 
 
 def _make_windows(config: ml_collections.ConfigDict, corpus_path: str | None, how_to_obtain: str, split: str, *,

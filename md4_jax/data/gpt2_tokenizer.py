@@ -42,6 +42,11 @@ def encode_documents(texts: list[str], num_threads: int) -> list[np.ndarray]:
   return [np.array(ids + [EOS_ID], np.uint16) for ids in encoded]
 
 
+def encode_gpt2(text: str) -> np.ndarray:
+  """Text -> GPT-2 ids int32 [n] (no EOS appended; special-token text is encoded as plain text)."""
+  return np.array(gpt2_encoding().encode_ordinary(text), np.int32)
+
+
 def decode_gpt2(tokens: np.ndarray) -> str | np.ndarray:
   """Token ids [..., L] -> str (for [L]) or array of str [...]; the mask id shows as MASK_TEXT."""
   tokens = np.asarray(tokens)

@@ -24,11 +24,13 @@ class DataInfo:
     num_classes: number of class labels (batches then carry 'label'), 0 if none.
     decode: token ids [..., *data_shape] -> text (str for one example, an array of str for a batch) or uint8
       images [..., H, W, C].
+    encode: text -> token ids int32 [n] (text datasets, for prompts), None where there is no tokenizer (images).
   """
   vocab_size: int
   data_shape: tuple[int, ...]
   num_classes: int
   decode: Callable[[np.ndarray], str | np.ndarray]
+  encode: Callable[[str], np.ndarray] | None = None
 
 
 class Dataset(Protocol):

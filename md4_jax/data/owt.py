@@ -28,7 +28,7 @@ def owt_default_config() -> ml_collections.ConfigDict:
 
 def owt_info(config: ml_collections.ConfigDict) -> DataInfo:
   return DataInfo(vocab_size=gpt2_tokenizer.VOCAB_SIZE, data_shape=(int(config.seq_len),), num_classes=0,
-                  decode=gpt2_tokenizer.decode_gpt2)
+                  decode=gpt2_tokenizer.decode_gpt2, encode=gpt2_tokenizer.encode_gpt2)
 
 
 def make_owt(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,

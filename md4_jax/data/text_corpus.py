@@ -97,6 +97,11 @@ def load_corpus(path: str | None, how_to_obtain: str) -> np.ndarray:
   return _load_cached(path, how_to_obtain, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
 
 
+def encode_chars(text: str) -> np.ndarray:
+  """Text -> token ids int32 [n], normalised as the corpora (its UTF-8 bytes through `normalize_bytes`)."""
+  return normalize_bytes(text.encode('utf-8')).astype(np.int32)
+
+
 def decode_chars(tokens: np.ndarray) -> str | np.ndarray:
   """Token ids [..., L] -> str (for [L]) or array of str [...]; the mask id shows as MASK_CHAR."""
   tokens = np.asarray(tokens)
