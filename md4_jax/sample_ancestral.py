@@ -1,0 +1,27 @@
+"""Samples from a checkpoint with the MD4 ancestral sampler (the experiment's own `config.sampler`).
+
+    python -m md4_jax.sample_ancestral --config experiments/demo.py --workdir /tmp/md4_demo \\
+        [--num_samples=16 --batch_size=0 --seed=0 --step=N --output=PATH --prefix_file=F | --infill_file=F \\
+         --label=K --config.sampler.num_steps=256 ...]
+
+Writes PATH.txt (one sample per line) + PATH.jsonl (token ids), or PATH.png for images. See md4_jax.sample_lib.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from md4_jax import sample_lib
+
+
+def main(argv: list[str]) -> int:
+  return sample_lib.main(argv, sampler="ancestral")
+
+
+def run() -> None:
+  """Console entry point (md4-sample-ancestral) and `python -m md4_jax.sample_ancestral`."""
+  sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+  run()
