@@ -1,0 +1,286 @@
+"""Inference-time scaling of one checkpoint: quality versus the number of sampler steps T, per sampler, in the
+shape of ReMDM's Table 1 (remdm.md §3.2), with each run's denoiser calls and wall time.
+
+    python -m md4_jax.scaling_report --config experiments/demo.py --workdir /tmp/md4_demo \\
+        [--steps=16,32,64,128 --methods=mdlm,cap,rescale,loop --num_samples=64 --batch_size=0 --seed=0 \\
+         --output_dir=DIR --scorer_config=experiments/X.py --scorer_workdir=DIR2 --config.sampler.remdm.eta=0.04]
+
+Methods: 'ancestral' (the experiment's own MD4 sampler config), 'mdlm' (ReMDM's settings with sigma = 0: the MDLM
+posterior, Table 1's MDLM†), 'fb', 'dfm' (the corrector baselines) and the ReMDM strategies 'cap', 'rescale',
+'conf', 'loop' (sampling.default_config('remdm') with that strategy). `--config.sampler.*` overrides apply to all
+of them except num_steps (from --steps), name and strategy (from the method).
+
+Quality (md4_jax.quality, remdm.md §3.1): the mean per-sample token entropy (nats); with a scorer, Gen PPL
+(token-weighted over all samples; ReMDM's EOS mask for GPT-2 data) and MAUVE against the 'data' row (num_samples
+validation examples, in order). Scorers: an 'ar' checkpoint of this codebase (--scorer_config / --scorer_workdir,
+diffusion.objective='ar'; its numbers compare only with each other) or GPT-2 Large (--gpt2_large=FOLDER).
+Time: each (method, T) is compiled by a warm-up batch first (warmup_s); wall_s is then the time of all
+num_samples samples; nfe is the denoiser calls per batch.
+
+Writes to --output_dir (default WORKDIR/scaling_report): report.md (Table-1 layout), report.csv (one row per
+run), report.png (matplotlib, if installed) and samples/<method>_T<T>.{txt|png,jsonl}.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from md4_jax import data as data_lib
+from md4_jax import quality
+from md4_jax import sample_lib
+from md4_jax import sampling
+from md4_jax import sharding as sharding_lib
+from md4_jax.data import gpt2_tokenizer
+
+REMDM_STRATEGIES = ("cap", "rescale", "conf", "loop")
+METHODS = ("ancestral", "mdlm", "fb", "dfm") + REMDM_STRATEGIES
+COLUMNS = ("method", "num_steps", "nfe", "wall_s", "warmup_s", "entropy", "gen_ppl", "mauve")
+
+
+def method_config(method: str, num_steps: int, ancestral_base: ml_collections.ConfigDict,
+                  remdm_base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The sampler config of `method` (module docstring) at T = num_steps."""
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+  config = (ancestral_base if method == "ancestral" else remdm_base).copy_and_resolve_references()
+  with config.unlocked():
+    config.num_steps = num_steps
+    if method == "mdlm":
+      config.name = "ancestral"
+    elif method in ("fb", "dfm"):
+      config.name = method
+    elif method in REMDM_STRATEGIES:
+      config.name, config.remdm.strategy = "remdm", method
+  return config
+
+
+def for_scorer(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+  """A scorer's config with its (training) batch sizes fitted to `batch_size`, so it builds on any device count."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train.batch_size = batch_size * config.train.grad_accum_steps
+    config.train.eval_batch_size = batch_size
+  return config
+
+
+def _quality(tokens: np.ndarray, scorer: quality.Scorer | None, eos_id: int | None,
+             reference_features: np.ndarray | None) -> dict:
+  """Mean entropy, and with a scorer Gen PPL and (given reference features) MAUVE, of samples [N, *data_shape]."""
+  flat = tokens.reshape(tokens.shape[0], -1)
+  out = {"entropy": float(quality.entropy(flat).mean()), "gen_ppl": None, "mauve": None}
+  if scorer is not None:
+    out["gen_ppl"] = quality.gen_ppl(scorer.score, flat, eos_id)
+    if reference_features is not None:
+      out["mauve"] = quality.mauve_score(reference_features, scorer.features(flat), verbose=False)
+  return out
+
+
+def run_report(restored: sample_lib.Restored, bases: dict[str, ml_collections.ConfigDict], methods: list[str],
+               steps: list[int], *, num_samples: int, batch_size: int, seed: int, output_dir: str,
+               scorer: quality.Scorer | None = None, reference: np.ndarray | None = None,
+               mauve: bool = True) -> list[dict]:
+  """Samples num_samples per (method, T) and measures them (module docstring); returns one dict per run
+  (COLUMNS), the 'data' row first when `reference` tokens are given. bases: 'ancestral' and 'remdm' sampler
+  configs, as from sample_lib.resolve_config. MAUVE needs a scorer (its features) and `reference`."""
+  info = restored.exp.info
+  z_init = sample_lib.z_init_from_prompts(None, info, num_samples)
+  eos_id = gpt2_tokenizer.EOS_ID if info.vocab_size == gpt2_tokenizer.VOCAB_SIZE else None
+  reference_features = None
+  if mauve and scorer is not None and reference is not None:
+    reference_features = scorer.features(reference.reshape(reference.shape[0], -1))
+  rows = []
+  if reference is not None:
+    rows.append({"method": "data", "num_steps": None, "nfe": None, "wall_s": None, "warmup_s": None,
+                 **_quality(reference, scorer, eos_id, None)})
+  for method in methods:
+    for num_steps in steps:
+      config = method_config(method, num_steps, bases["ancestral"], bases["remdm"])
+      key = jax.random.key(seed)
+      start = time.time()
+      sample_lib.generate(restored, config, z_init[:batch_size], key, batch_size=batch_size)  # compile
+      warmup_s = time.time() - start
+      tokens, stats = sample_lib.generate(restored, config, z_init, key, batch_size=batch_size,
+                                          progress=f"{method} T={num_steps}")
+      sample_lib.write_samples(os.path.join(output_dir, "samples", f"{method}_T{num_steps}"), tokens, info)
+      rows.append({"method": method, "num_steps": num_steps, "nfe": stats["nfe"], "wall_s": stats["wall_s"],
+                   "warmup_s": warmup_s, **_quality(tokens, scorer, eos_id, reference_features)})
+  return rows
+
+
+def _fmt(value, digits: int = 3) -> str:
+  if value is None:
+    return "-"
+  return f"{value:.0f}" if isinstance(value, float) and value.is_integer() else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: list[dict], title: str) -> str:
+  """ReMDM Table 1's layout: one row per method, each metric's cell 'v(T1) / v(T2) / ...'."""
+  steps = sorted({r["num_steps"] for r in rows if r["num_steps"] is not None})
+  metrics = [(key, name) for key, name in (("mauve", "MAUVE"), ("gen_ppl", "Gen PPL"), ("entropy", "Entropy"),
+                                            ("nfe", "NFE"), ("wall_s", "wall s"))
+             if any(r[key] is not None for r in rows)]
+  t_label = "T=" + " / ".join(str(t) for t in steps)
+  lines = [f"# {title}", "", "| method | " + " | ".join(f"{name} {t_label}" for _, name in metrics) + " |",
+           "|---|" + "---|" * len(metrics)]
+  for method in dict.fromkeys(r["method"] for r in rows):
+    by_t = {r["num_steps"]: r for r in rows if r["method"] == method}
+    cells = []
+    for key, _ in metrics:
+      values = [by_t[t][key] for t in steps if t in by_t] if method != "data" else [by_t[None][key]]
+      cells.append(" / ".join(_fmt(v) for v in values))
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[dict]) -> str:
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+  return out.getvalue()
+
+
+def plot(rows: list[dict], path: str, title: str) -> bool:
+  """Quality versus T (log2 axis), one line per method, the data row dashed; False if matplotlib is missing."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  metrics = [(key, label) for key, label in (("mauve", "MAUVE"), ("gen_ppl", "Gen PPL"), ("entropy", "entropy (nats)"))
+             if rows[-1][key] is not None]
+  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+  for ax, (key, label) in zip(axes[0], metrics):
+    for method in dict.fromkeys(r["method"] for r in rows):
+      points = [(r["num_steps"], r[key]) for r in rows if r["method"] == method]
+      if method == "data":
+        if points[0][1] is not None:
+          ax.axhline(points[0][1], color="black", linestyle="--", label="data")
+      else:
+        ax.plot(*zip(*points), marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sampler steps T")
+    ax.set_ylabel(label)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path + ".tmp", format="png", dpi=120)
+  plt.close(fig)
+  os.replace(path + ".tmp", path)
+  return True
+
+
+def _write_atomic(path: str, text: str) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def reference_tokens(config: ml_collections.ConfigDict, num_samples: int, seed: int) -> np.ndarray:
+  """The first num_samples validation examples (in order) [N, *data_shape]."""
+  dataset = data_lib.make_dataset(config.data, "validation", batch_size=num_samples, seed=seed)
+  batch = next(iter(dataset), None)
+  if batch is None:
+    raise ValueError(f"the validation split has fewer than num_samples={num_samples} examples for the 'data' row; "
+                     "lower --num_samples or pass --noreference")
+  return batch["x"]
+
+
+def _int_list(text: str, name: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError as error:
+    raise ValueError(f"--{name}={text!r} must be a comma-separated list of ints") from error
+  if not values or min(values) < 1:
+    raise ValueError(f"--{name}={text!r} must list ints >= 1")
+  return values
+
+
+def main(argv: list[str]) -> int:
+  """`python -m md4_jax.scaling_report` (argv as sys.argv); returns the exit code."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  sample_lib.define_common_flags(fv, argv)
+  flags.DEFINE_string("steps", "16,32,64,128", "sampler steps T, comma-separated", flag_values=fv)
+  flags.DEFINE_list("methods", ["mdlm", "cap", "rescale", "loop"], f"samplers, from {', '.join(METHODS)}",
+                    flag_values=fv)
+  flags.DEFINE_integer("num_samples", 64, "samples per (method, T)", flag_values=fv)
+  flags.DEFINE_string("output_dir", None, "default: WORKDIR/scaling_report", flag_values=fv)
+  flags.DEFINE_bool("reference", True, "add a 'data' row (validation examples)", flag_values=fv)
+  config_flags.DEFINE_config_file("scorer_config", None, "experiment config of an 'ar' Gen-PPL scorer",
+                                  flag_values=fv, lock_config=True, sys_argv=list(argv))
+  flags.DEFINE_string("scorer_workdir", None, "workdir of the scorer's checkpoints", flag_values=fv)
+  flags.DEFINE_integer("scorer_step", None, "scorer checkpoint step (default: the latest)", flag_values=fv)
+  flags.DEFINE_string("gpt2_large", None, "a local transformers GPT-2 Large folder: the paper's scorer (GPT-2 "
+                      "tokenised data), instead of --scorer_config", flag_values=fv)
+  flags.DEFINE_bool("mauve", True, "MAUVE against the 'data' row (needs a scorer and --reference)", flag_values=fv)
+  code = sample_lib.parse_flags(fv, argv, __doc__)
+  if code is not None:
+    return code
+  try:
+    steps = _int_list(fv.steps, "steps")
+    methods = [m for m in fv.methods if m]
+    for method in methods:
+      if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} in --methods; valid: {', '.join(METHODS)}")
+    if (fv.scorer_config is None) != (fv.scorer_workdir is None):
+      raise ValueError("give both --scorer_config and --scorer_workdir, or neither")
+    if fv.gpt2_large and fv.scorer_config is not None:
+      raise ValueError("give one scorer: --gpt2_large or --scorer_config / --scorer_workdir")
+    configs = {name: sample_lib.flag_config(fv, name) for name in ("ancestral", "remdm")}
+    bases, config = {name: c.sampler for name, c in configs.items()}, configs["ancestral"]
+    for method in methods:
+      for num_steps in steps:
+        sampling.validate_config(method_config(method, num_steps, bases["ancestral"], bases["remdm"]))
+    batch_size = sample_lib.auto_batch_size(fv.batch_size, fv.num_samples, sharding_lib.make_mesh(config.mesh).size)
+    restored = sample_lib.restore_ema(config, fv.workdir, fv.step)
+    scorer = None
+    if fv.gpt2_large:
+      scorer = quality.gpt2_large_scorer(fv.gpt2_large, batch_size=batch_size)
+    elif fv.scorer_config is not None:
+      scorer_config = for_scorer(sample_lib.resolve_config(
+          fv["scorer_config"].config_filename, fv["scorer_config"].override_values, "ancestral"), batch_size)
+      scorer = quality.ar_scorer(scorer_config, fv.scorer_workdir, fv.scorer_step, batch_size)
+    if scorer is not None:
+      if scorer.vocab_size != restored.exp.info.vocab_size:
+        raise ValueError(f"the scorer {scorer.name} has V={scorer.vocab_size} tokens, the samples V="
+                         f"{restored.exp.info.vocab_size}; score with a model of the same tokenizer")
+    reference = reference_tokens(config, fv.num_samples, fv.seed) if fv.reference else None
+    output_dir = fv.output_dir or os.path.join(fv.workdir, "scaling_report")
+    os.makedirs(output_dir, exist_ok=True)
+    rows = run_report(restored, bases, methods, steps, num_samples=fv.num_samples, batch_size=batch_size,
+                      seed=fv.seed, output_dir=output_dir, scorer=scorer, reference=reference, mauve=fv.mauve)
+    if jax.process_index() != 0:
+      return 0
+    title = (f"{os.path.basename(fv['config'].config_filename)} step {restored.step}: {fv.num_samples} samples per "
+             f"run, {restored.exp.mesh.size} device(s) ({jax.devices()[0].platform})")
+    _write_atomic(os.path.join(output_dir, "report.md"), markdown_table(rows, title))
+    _write_atomic(os.path.join(output_dir, "report.csv"), csv_text(rows))
+    png = plot(rows, os.path.join(output_dir, "report.png"), title)
+    print(markdown_table(rows, title), flush=True)
+    print(f"wrote {output_dir}/report.md, report.csv" + (", report.png" if png else
+          " (no report.png: pip install matplotlib)"), flush=True)
+  except (ValueError, OSError, ImportError) as error:
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    return 1
+  return 0
+
+
+def run() -> None:
+  """Console entry point (md4-scaling-report) and `python -m md4_jax.scaling_report`."""
+  sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+  run()
