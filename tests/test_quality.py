@@ -111,6 +111,7 @@ def test_load_scorer_falls_back_to_the_ar_model(ar_checkpoint, tmp_path, capsys)
 
 
 def test_text_quality_reports_the_three_numbers(ar_checkpoint):
+  pytest.importorskip("mauve")
   config, workdir = ar_checkpoint
   scorer = quality.ar_scorer(config, workdir)
   rng = np.random.default_rng(2)
