@@ -208,7 +208,7 @@ def generate(restored: Restored, sampler_config: ml_collections.ConfigDict, z_in
                                       genmd4_w=genmd4_w, return_stats=True)
       out.append(_to_host(tokens)[:len(chunk)])
       nfe.append(int(stats["nfe"]))
-      if progress:
+      if progress and jax.process_index() == 0:
         done = first + len(chunk)
         print(f"{progress}: batch {index + 1}/{-(-num_samples // batch_size)} | {done}/{num_samples} samples | "
               f"{time.time() - start:.1f}s | {nfe[-1]} denoiser calls", file=sys.stderr, flush=True)

@@ -188,7 +188,10 @@ def _write_atomic(path: str, text: str) -> None:
 
 def reference_tokens(config: ml_collections.ConfigDict, num_samples: int, seed: int) -> np.ndarray:
   """The first num_samples validation examples (in order) [N, *data_shape]."""
-  dataset = data_lib.make_dataset(config.data, "validation", batch_size=num_samples, seed=seed)
+  try:
+    dataset = data_lib.make_dataset(config.data, "validation", batch_size=num_samples, seed=seed)
+  except OSError as error:
+    raise ValueError(f"the 'data' row reads the validation split: {error} (or pass --noreference)") from error
   batch = next(iter(dataset), None)
   if batch is None:
     raise ValueError(f"the validation split has fewer than num_samples={num_samples} examples for the 'data' row; "
