@@ -2,7 +2,7 @@
 shape of ReMDM's Table 1 (remdm.md §3.2), with each run's denoiser calls and wall time.
 
     python -m md4_jax.scaling_report --config experiments/demo.py --workdir /tmp/md4_demo \\
-        [--steps=16,32,64,128 --methods=mdlm,cap,rescale,loop --num_samples=64 --batch_size=0 --seed=0 \\
+        [--steps=16,32,64,128 --methods=ancestral,mdlm,cap,rescale,loop --num_samples=64 --batch_size=0 --seed=0 \\
          --output_dir=DIR --scorer_config=experiments/X.py --scorer_workdir=DIR2 --config.sampler.remdm.eta=0.04]
 
 Methods: 'ancestral' (the experiment's own MD4 sampler config), 'mdlm' (ReMDM's settings with sigma = 0: the MDLM
@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
   fv = flags.FlagValues()
   sample_lib.define_common_flags(fv, argv)
   flags.DEFINE_string("steps", "16,32,64,128", "sampler steps T, comma-separated", flag_values=fv)
-  flags.DEFINE_list("methods", ["mdlm", "cap", "rescale", "loop"], f"samplers, from {', '.join(METHODS)}",
+  flags.DEFINE_list("methods", ["ancestral", "mdlm", "cap", "rescale", "loop"], f"samplers, from {', '.join(METHODS)}",
                     flag_values=fv)
   flags.DEFINE_integer("num_samples", 64, "samples per (method, T)", flag_values=fv)
   flags.DEFINE_string("output_dir", None, "default: WORKDIR/scaling_report", flag_values=fv)
