@@ -2,7 +2,10 @@
 
 Parameters carry logical axis names (md4_jax.nn.axes); `RULES` maps them to mesh axes. With fsdp = 1 every
 parameter is replicated; with fsdp > 1 the dimensions named 'embed' / 'channels' are split over 'fsdp'
-(a dimension that the axis size does not divide stays whole). Batches are split over all devices.
+(a dimension that the axis size does not divide stays whole). A parameter that the rules leave whole (the
+conditioning MLP, or a width that fsdp does not divide) has its largest dimension that fsdp divides split over
+'fsdp' instead, so parameters and optimizer state take about 1/fsdp of the replicated bytes per device. Batches
+are split over all devices.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 
 def _mesh_spec(logical: tuple, shape: tuple[int, ...], mesh) -> P:
+  """Mesh axes of one parameter: its logical names through RULES, else its largest fsdp-divisible dimension."""
   rules = dict(axes.RULES)
   used, out = set(), []
   for name, size in zip(logical, shape):
@@ -45,6 +49,10 @@ def _mesh_spec(logical: tuple, shape: tuple[int, ...], mesh) -> P:
       mesh_axis = None
     used.add(mesh_axis)
     out.append(mesh_axis)
+  fsdp = mesh.shape.get("fsdp", 1)
+  divisible = [i for i, size in enumerate(shape) if size % fsdp == 0]
+  if fsdp > 1 and not any(out) and divisible:
+    out[max(divisible, key=lambda i: shape[i])] = "fsdp"
   return P(*out)
 
 
