@@ -171,3 +171,68 @@ def test_launcher_timeout_and_bad_arguments():
   result = subprocess.run([sys.executable, "-m", "launch.local", "-n", "0", "--", "true"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 2 and "num_processes=0" in result.stderr
+
+
+def _stub(path, body: str) -> str:
+  path.write_text("#!/bin/bash\n" + body)
+  path.chmod(0o755)
+  return str(path)
+
+
+_ECHO_ARGS = 'printf "%s|" "$@"; echo " ids=${JAX_LOCAL_DEVICE_IDS-unset} cwd=$PWD"\n'  # a stand-in for python
+
+
+def test_tpu_pod_script_runs_one_command_on_all_workers_with_args_intact(tmp_path):
+  """gcloud stubbed: scp copies into a fake home, ssh runs --command there (as every worker would)."""
+  home = tmp_path / "home"
+  home.mkdir()
+  log = tmp_path / "gcloud.log"
+  gcloud = _stub(tmp_path / "gcloud", f"""
+echo "$*" >> {log}
+if [[ "$4" == scp ]]; then cp "$5" "{home}/${{6#*:}}"; fi
+for arg in "$@"; do
+  if [[ "$arg" == --command=* ]]; then cd {home} && bash -c "${{arg#--command=}}"; fi
+done
+""")
+  env = dict(os.environ, GCLOUD=gcloud, PYTHON=_stub(tmp_path / "python3", _ECHO_ARGS), PROJECT="proj",
+             SETUP="touch setup_ran")
+  result = subprocess.run(["bash", "launch/tpu_pod.sh", "--sync", "my-tpu", "us-central2-b", "--", "--config",
+                           "experiments/owt_small.py", "--workdir", "/mnt/a dir/it's"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  calls = log.read_text().splitlines()
+  assert len(calls) == 3 and all(" --worker=all" in c and "--zone us-central2-b --project proj" in c for c in calls)
+  assert calls[0].startswith("compute tpus tpu-vm scp ") and calls[2].startswith("compute tpus tpu-vm ssh my-tpu ")
+  assert (home / "md4_jax" / "md4_jax" / "train.py").exists() and (home / "md4_jax" / "setup_ran").exists()
+  assert result.stdout == (f"-m|md4_jax.train|--multihost|--config|experiments/owt_small.py|--workdir|"
+                           f"/mnt/a dir/it's| ids=unset cwd={home}/md4_jax\n")
+  bad = subprocess.run(["bash", "launch/tpu_pod.sh", "my-tpu", "--config", "x"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+  assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+@pytest.mark.parametrize("mode, visible, want", [
+    ("gpu", ["0,1,2,3"] * 4, ["unset"] * 4),  # every task sees all GPUs: jax takes GPU SLURM_LOCALID
+    ("gpu", ["0", "1", "2", "3"], ["0"] * 4),  # one GPU bound per task: it is GPU 0 for that task
+    ("node", ["0,1,2,3"], ["0,1,2,3"]),        # one task per node: all its GPUs
+])
+def test_slurm_script_gives_each_task_its_gpus(tmp_path, mode, visible, want):
+  """srun stubbed: runs the task command once per simulated task with its SLURM_LOCALID and visible GPUs."""
+  tasks = " ".join(f'"{v}"' for v in visible)
+  _stub(tmp_path / "srun", f"""
+while [[ "$1" == --* ]]; do shift; done
+i=0
+for cvd in {tasks}; do SLURM_LOCALID=$i CUDA_VISIBLE_DEVICES=$cvd "$@"; i=$((i + 1)); done
+""")
+  env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", MD4_SLURM_MODE=mode,
+             PYTHON=_stub(tmp_path / "python", _ECHO_ARGS))
+  result = subprocess.run(["bash", "launch/slurm.sbatch", "--config", "experiments/owt_small.py", "--workdir", "/w"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert [line.split(" ")[1] for line in lines] == [f"ids={w}" for w in want]
+  assert all(line.startswith("-m|md4_jax.train|--multihost|--config|experiments/owt_small.py|--workdir|/w|")
+             for line in lines)
+  env["MD4_SLURM_MODE"] = "rack"
+  bad = subprocess.run(["bash", "launch/slurm.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert bad.returncode == 2 and "MD4_SLURM_MODE=rack" in bad.stderr
