@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+from typing import Iterator
 
 import jax
 import ml_collections
@@ -90,8 +91,29 @@ def make_mc_eval_fn(exp: experiment_lib.Experiment, num_mc_samples: int = 1, dis
                  out_shardings=sharding.batch_sharding(exp.mesh))
 
 
+def _local_batches(config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict, split: str,
+                   whole_split: bool) -> Iterator[tuple[dict, int]]:
+  """(this process's batch, its number of real rows). whole_split: every example (fewer than the process count
+  may be dropped), the last batch padded with copies of its last row; else the first train.eval_batches full
+  batches (-1: all)."""
+  local = config.train.eval_batch_size // jax.process_count()
+  dataset = data_lib.make_dataset(data_config, split, batch_size=1 if whole_split else local, seed=config.seed,
+                                  shard_index=jax.process_index(), shard_count=jax.process_count())
+  if not whole_split:
+    for index, batch in enumerate(dataset):
+      if index == config.train.eval_batches:
+        return
+      yield batch, local
+    return
+  rows = list(dataset)
+  for start in range(0, len(rows), local):
+    chunk = rows[start:start + local]
+    padded = chunk + chunk[-1:] * (local - len(chunk))
+    yield {k: np.concatenate([row[k] for row in padded]) for k in padded[0]}, len(chunk)
+
+
 def per_example_nats(exp: experiment_lib.Experiment, eval_fn, params, split: str = "validation",
-                     data_config: ml_collections.ConfigDict | None = None) -> np.ndarray:
+                     data_config: ml_collections.ConfigDict | None = None, whole_split: bool = False) -> np.ndarray:
   """eval_fn's values over `split` of data_config (default: the experiment's), float64 [N] or [N, K].
 
   The masks and times come from config.seed, the same at every call: evaluations of one run compare
@@ -99,16 +121,13 @@ def per_example_nats(exp: experiment_lib.Experiment, eval_fn, params, split: str
   """
   config = exp.config
   data_config = config.data if data_config is None else data_config
-  dataset = data_lib.make_dataset(data_config, split, batch_size=config.train.eval_batch_size // jax.process_count(),
-                                  seed=config.seed, shard_index=jax.process_index(),
-                                  shard_count=jax.process_count())
   key = jax.random.key(config.seed + 1)
   values = []
-  for index, local in enumerate(dataset):
-    if index == config.train.eval_batches:
-      break
+  for index, (local, num_real) in enumerate(_local_batches(config, data_config, split, whole_split)):
     out = eval_fn(params, exp.global_batch(local), jax.random.fold_in(key, index))
-    values.append(np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float64))
+    gathered = np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float64)  # [P * local, ...]
+    per_process = gathered.reshape((jax.process_count(), -1) + gathered.shape[1:])
+    values.append(per_process[:, :num_real].reshape((-1,) + gathered.shape[1:]))
   if not values:
     raise ValueError(f"no evaluation batch in split {split!r} of {data_config.name!r}: "
                      f"train.eval_batches={config.train.eval_batches}, "
@@ -154,17 +173,20 @@ class NelboStats:
   def perplexity(self) -> float:
     return math.exp(self.nats.mean() / self.num_tokens)
 
-  def summary(self) -> dict[str, float]:
-    return {"bits_per_token": self.bits_per_token, "bits_per_token_stderr": self.stderr,
-            "bits_per_token_mc_stderr": self.mc_stderr, "nats_per_token": self.nats.mean() / self.num_tokens,
+  def summary(self) -> dict[str, float | int | None]:
+    """The numbers as a JSON-ready dict (None for a standard error that cannot be estimated)."""
+    finite = lambda x: x if math.isfinite(x) else None
+    return {"bits_per_token": self.bits_per_token, "bits_per_token_stderr": finite(self.stderr),
+            "bits_per_token_mc_stderr": finite(self.mc_stderr), "nats_per_token": self.nats.mean() / self.num_tokens,
             "perplexity": self.perplexity, "examples": int(self.nats.shape[0]), "tokens_per_example": self.num_tokens}
 
 
 def nelbo_stats(exp: experiment_lib.Experiment, params, split: str = "validation", num_mc_samples: int = 1,
-                discrete_steps: int = 0, data_config: ml_collections.ConfigDict | None = None) -> NelboStats:
+                discrete_steps: int = 0, data_config: ml_collections.ConfigDict | None = None,
+                whole_split: bool = False) -> NelboStats:
   """K-draw NELBO statistics of `split` of data_config (default: the experiment's); 'ar' draws are all equal."""
   eval_fn = make_mc_eval_fn(exp, num_mc_samples, discrete_steps)
-  nats = per_example_nats(exp, eval_fn, params, split, data_config)
+  nats = per_example_nats(exp, eval_fn, params, split, data_config, whole_split)
   info = exp.info if data_config is None else data_lib.dataset_info(data_config)
   return NelboStats(nats, math.prod(info.data_shape))
 
@@ -207,7 +229,7 @@ def zero_shot_path(directory: str, name: str) -> str | None:
 
 def zero_shot(exp: experiment_lib.Experiment, params, directory: str, num_mc_samples: int = 1,
               discrete_steps: int = 0) -> dict[str, dict]:
-  """Per set of ZERO_SHOT_SETS: NelboStats.summary() on its test split, or {'missing': path} without a file.
+  """Per set of ZERO_SHOT_SETS: NelboStats.summary() on its whole test split, or {'missing': path} without a file.
 
   The blocks have the model's sequence length; the model must be GPT-2 tokenised (V = 50257).
   """
@@ -223,7 +245,8 @@ def zero_shot(exp: experiment_lib.Experiment, params, directory: str, num_mc_sam
       continue
     data_config = data_lib.default_data_config(name)
     data_config.update(path=path, seq_len=int(exp.info.data_shape[0]))
-    results[name] = nelbo_stats(exp, params, "test", num_mc_samples, discrete_steps, data_config).summary()
+    results[name] = nelbo_stats(exp, params, "test", num_mc_samples, discrete_steps, data_config,
+                                whole_split=True).summary()
   return results
 
 
@@ -232,12 +255,13 @@ def markdown(result: dict) -> str:
   bound = "≤ " if result["objective"] != "ar" else ""
   rows = ["| set | examples | bits/token | s.e. | MC s.e. | perplexity |", "|---|---|---|---|---|---|"]
   sets = result["zero_shot"] if "zero_shot" in result else {result["split"]: result}
+  number = lambda x: "-" if x is None else f"{x:.4f}"
   for name, s in sets.items():
     if "missing" in s:
       rows.append(f"| {name} | | | | | missing: {s['missing']} |")
     else:
-      rows.append(f"| {name} | {s['examples']} | {s['bits_per_token']:.4f} | {s['bits_per_token_stderr']:.4f} | "
-                  f"{s['bits_per_token_mc_stderr']:.4f} | {bound}{s['perplexity']:.2f} |")
+      rows.append(f"| {name} | {s['examples']} | {s['bits_per_token']:.4f} | {number(s['bits_per_token_stderr'])} | "
+                  f"{number(s['bits_per_token_mc_stderr'])} | {bound}{s['perplexity']:.2f} |")
   return "\n".join(rows)
 
 
@@ -266,7 +290,7 @@ def write_atomic(path: str, text: str) -> None:
 def main(argv) -> None:
   del argv
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only checkpoint manager
   f = flags.FLAGS
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()
@@ -279,7 +303,7 @@ def main(argv) -> None:
   except (ValueError, OSError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
-  text = json.dumps(result) + "\n\n" + markdown(result) + "\n"
+  text = json.dumps(result, allow_nan=False) + "\n\n" + markdown(result) + "\n"
   if jax.process_index() == 0:
     print(text, end="", flush=True)
     if f.output:

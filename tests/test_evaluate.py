@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from md4_jax import data as data_lib
 from md4_jax import evaluate, train
 from eval_fixtures import ar_config, save_initial_checkpoint
 from train_configs import ROOT, tiny_config
@@ -68,6 +69,8 @@ def test_ar_model_gives_the_exact_nll(tmp_path):
   assert result["bits_per_token"] == pytest.approx(LOG2_27, rel=1e-6)
   assert result["perplexity"] == pytest.approx(27, rel=1e-6)
   assert result["bits_per_token_stderr"] == pytest.approx(0, abs=1e-6)
+  assert result["bits_per_token_mc_stderr"] is None  # one draw: JSON null, '-' in the table
+  assert "| 0.0000 | - |" in evaluate.markdown(result)
   assert "| validation | 32 | 4.7549 |" in evaluate.markdown(result) and "≤" not in evaluate.markdown(result)
   with pytest.raises(ValueError, match="discrete_steps=8"):
     evaluate.run(config, str(tmp_path), discrete_steps=8)
@@ -86,7 +89,10 @@ def test_zero_shot_table_with_missing_sets(tmp_path):
   table = result["zero_shot"]
   assert list(table) == list(evaluate.ZERO_SHOT_SETS)
   assert table["lambada"]["perplexity"] == pytest.approx(50257, rel=1e-5)  # uniform over GPT-2's vocabulary
-  assert table["lambada"]["examples"] % 8 == 0 and table["lambada"]["examples"] >= 8
+  lambada = data_lib.default_data_config("lambada")
+  lambada.update(path=str(sets / "lambada.jsonl"), seq_len=32)
+  num_blocks = sum(1 for _ in data_lib.make_dataset(lambada, "test", batch_size=1, seed=0))
+  assert num_blocks % 8 and table["lambada"]["examples"] == num_blocks  # the whole set: last batch padded
   for name in ("wikitext2", "ptb", "wikitext103", "lm1b"):
     assert table[name] == {"missing": str(sets / f"{name}.jsonl")}
   text = evaluate.markdown(result)
