@@ -93,23 +93,27 @@ def make_mc_eval_fn(exp: experiment_lib.Experiment, num_mc_samples: int = 1, dis
 
 def _local_batches(config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict, split: str,
                    whole_split: bool) -> Iterator[tuple[dict, int]]:
-  """(this process's batch, its number of real rows). whole_split: every example (fewer than the process count
-  may be dropped), the last batch padded with copies of its last row; else the first train.eval_batches full
-  batches (-1: all)."""
-  local = config.train.eval_batch_size // jax.process_count()
-  dataset = data_lib.make_dataset(data_config, split, batch_size=1 if whole_split else local, seed=config.seed,
-                                  shard_index=jax.process_index(), shard_count=jax.process_count())
+  """(this process's part of a global batch, the number of real examples in the global batch).
+
+  whole_split: every example; each process reads the whole split (meant for small sets) and takes its rows of
+  each global batch, the last one padded with copies of its last example, so the batches and their Monte Carlo
+  draws do not depend on the process count. Else the first train.eval_batches full global batches (-1: all).
+  """
+  size, count, index = config.train.eval_batch_size, jax.process_count(), jax.process_index()
+  local = size // count
   if not whole_split:
-    for index, batch in enumerate(dataset):
-      if index == config.train.eval_batches:
+    dataset = data_lib.make_dataset(data_config, split, batch_size=local, seed=config.seed, shard_index=index,
+                                    shard_count=count)
+    for batch_index, batch in enumerate(dataset):
+      if batch_index == config.train.eval_batches:
         return
-      yield batch, local
+      yield batch, size
     return
-  rows = list(dataset)
-  for start in range(0, len(rows), local):
-    chunk = rows[start:start + local]
-    padded = chunk + chunk[-1:] * (local - len(chunk))
-    yield {k: np.concatenate([row[k] for row in padded]) for k in padded[0]}, len(chunk)
+  rows = list(data_lib.make_dataset(data_config, split, batch_size=1, seed=config.seed))
+  for start in range(0, len(rows), size):
+    chunk = rows[start:start + size]
+    mine = (chunk + chunk[-1:] * (size - len(chunk)))[index * local:(index + 1) * local]
+    yield {k: np.concatenate([row[k] for row in mine]) for k in mine[0]}, len(chunk)
 
 
 def per_example_nats(exp: experiment_lib.Experiment, eval_fn, params, split: str = "validation",
@@ -125,9 +129,7 @@ def per_example_nats(exp: experiment_lib.Experiment, eval_fn, params, split: str
   values = []
   for index, (local, num_real) in enumerate(_local_batches(config, data_config, split, whole_split)):
     out = eval_fn(params, exp.global_batch(local), jax.random.fold_in(key, index))
-    gathered = np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float64)  # [P * local, ...]
-    per_process = gathered.reshape((jax.process_count(), -1) + gathered.shape[1:])
-    values.append(per_process[:, :num_real].reshape((-1,) + gathered.shape[1:]))
+    values.append(np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float64)[:num_real])
   if not values:
     raise ValueError(f"no evaluation batch in split {split!r} of {data_config.name!r}: "
                      f"train.eval_batches={config.train.eval_batches}, "
@@ -292,8 +294,8 @@ def main(argv) -> None:
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only checkpoint manager
   f = flags.FLAGS
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+  from md4_jax.train import initialize_distributed  # pylint: disable=g-import-not-at-top (train imports this module)
+  initialize_distributed(f.multihost)
   try:
     if f.zero_shot and not f.zero_shot_dir:
       raise ValueError("--zero_shot needs --zero_shot_dir (a folder with <set>.jsonl / .txt files for the sets "
@@ -323,6 +325,7 @@ def cli() -> None:
   flags.DEFINE_bool("zero_shot", False, f"evaluate the zero-shot sets {', '.join(ZERO_SHOT_SETS)} instead")
   flags.DEFINE_string("zero_shot_dir", None, f"folder of <set><suffix> files, suffixes {', '.join(ZERO_SHOT_SUFFIXES)}")
   flags.DEFINE_string("output", None, "also write the JSON line and table to this file")
+  flags.DEFINE_bool("multihost", False, "join a multi-process run detected by jax.distributed (as md4_jax.train)")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
 

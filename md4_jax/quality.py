@@ -165,6 +165,8 @@ def gpt2_large_scorer(path: str, batch_size: int = 8, device: str | None = None)
   context = model.config.n_positions
 
   def log_probs(x: np.ndarray) -> np.ndarray:
+    if x.shape[1] > context:
+      raise ValueError(f"GPT-2 Large scores at most its context, {context} tokens; got L = {x.shape[1]}")
     with torch.no_grad():
       ids = torch.as_tensor(x, dtype=torch.long, device=device)
       if x.shape[1] < context:

@@ -42,6 +42,17 @@ def test_mc_standard_error_falls_as_one_over_sqrt_k(restored):
   assert math.isnan(evaluate.NelboStats(many.nats[:, :1], 32).mc_stderr)  # K = 1: not estimable
 
 
+def test_whole_split_pads_the_last_batch(restored):
+  exp, params, _ = restored
+  eval_fn = evaluate.make_mc_eval_fn(exp, num_mc_samples=1, discrete_steps=0)
+  first_two_batches = evaluate.per_example_nats(exp, eval_fn, params)  # train.eval_batches = 2 of 16
+  whole = evaluate.per_example_nats(exp, eval_fn, params, whole_split=True)
+  num_examples = sum(1 for _ in data_lib.make_dataset(exp.config.data, "validation", batch_size=1, seed=0))
+  assert whole.shape == (num_examples, 1) and num_examples % 16  # a padded last batch, its padding dropped
+  np.testing.assert_array_equal(whole[:32], first_two_batches)  # same batches, same keys
+  assert np.all(np.isfinite(whole))
+
+
 def test_nelbo_stats_units():
   bits = np.array([[1.0, 3.0], [2.0, 2.0], [4.0, 6.0]])  # bits per token of 2 draws for 3 examples
   stats = evaluate.NelboStats(bits * 4 * math.log(2.0), 4)  # nats per example of L = 4 tokens
