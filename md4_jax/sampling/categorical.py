@@ -103,21 +103,21 @@ def top_p_filter(logits: jax.Array, p: float, rule: str) -> jax.Array:
   group that would cross p, unless it is the top group), so the result does not depend on token order.
   """
   q = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [..., V], max 1
-  q_bits = jax.lax.bitcast_convert_type(q, jnp.int32)
   target = p * jnp.sum(q, axis=-1)  # [...]
   strict = rule == "remdm"  # remdm: find the smallest tau with mass(tau) <= target
+  as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)[..., None]
 
   def body(_, bounds):
     lo, hi = bounds  # md4: mass(lo) >= target > mass(hi); remdm: mass(lo) > target >= mass(hi)
     mid = lo + (hi - lo) // 2
-    mass = jnp.sum(jnp.where(q_bits >= mid[..., None], q, 0.0), axis=-1)
+    mass = jnp.sum(jnp.where(q >= as_float(mid), q, 0.0), axis=-1)
     ok = mass > target if strict else mass >= target
     return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
   lo0 = jnp.zeros(q.shape[:-1], jnp.int32)
   lo, hi = jax.lax.fori_loop(0, _TOP_P_ITERS, body, (lo0, lo0 + _ONE_BITS + 1))
-  tau = jnp.minimum(hi, _ONE_BITS) if strict else lo
-  kept = jnp.where(q_bits >= tau[..., None], logits, -jnp.inf)
+  tau = as_float(jnp.minimum(hi, _ONE_BITS) if strict else lo)
+  kept = jnp.where(q >= tau, logits, -jnp.inf)
   return kept - jax.nn.logsumexp(kept, axis=-1, keepdims=True)
 
 

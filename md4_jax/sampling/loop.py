@@ -3,9 +3,9 @@
 Per step: every position's exponential clock advances by its hazard (ancestral.fire); positions whose clock runs
 out unmask (masks) or are remasked (tokens), and get a fresh clock; the denoiser runs only if some position of the
 batch unmasks (a step where nothing unmasks does not depend on the prediction, so skipping it is exact for any
-denoiser); tokens are drawn only at unmasking positions (categorical.draw_at). Random numbers of position n of
-example b at step i come from fold_in(fold_in(fold_in(key, b), i), n), so an example's sample does not depend on
-the batch size.
+denoiser); tokens are drawn only at unmasking positions (categorical.redraw). Random numbers of position n of
+example b at step i are counter-mode threefry words of (seed_b, i * N + n), seed_b from fold_in(key, b), so an
+example's sample does not depend on the batch size.
 
 Caching (config.cache, for a denoiser that ignores t; remdm.md §2.3): the last prediction is reused while no token
 of the batch has changed since it was computed, so cached and uncached runs give identical samples.
@@ -90,6 +90,7 @@ def capacity_for(num_positions: int) -> int:
 
 
 def make_static(config: SamplerConfig, plan: Plan, vocab_size: int, num_positions: int, genmd4: bool) -> Static:
+  """The static part of a run: only what changes the compiled program (not sigma_t or the grid's values)."""
   remask = bool(np.any(np.asarray(plan.sigma) > 0))
   return Static(vocab_size=vocab_size, capacity=capacity_for(num_positions), remask=remask,
                 conf=remask and config.name == "remdm" and config.strategy == "conf", genmd4=genmd4,
@@ -144,7 +145,8 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
       sigma = p.sigma * remdm.conf_weights(state.neg_psi).reshape(shape) if conf else None
       hazard_unmask = ancestral.hazard(sigma, 1.0 - sigma) if conf else p.hazard_unmask
 
-    if static.genmd4:
+    hazard_mask, log_w = p.hazard_mask, None
+    if static.genmd4:  # P(stay masked) depends on the prediction: the denoiser runs while masks remain
       def with_mu(state):
         logp, state = denoise(state, p.t_model)
         log_mu = logp if transform is None else transform(logp)
@@ -154,22 +156,21 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
         return state, jnp.zeros(shape), jnp.zeros(shape + (mask_id,))
 
       state, hazard_mask, log_w = jax.lax.cond(jnp.any(state.z == mask_id), with_mu, without_mu, state)
-      unmask, remask, clock = ancestral.fire(state.clock, state.z, remaskable, mask_id, hazard_mask, hazard_unmask)
-      clock, tokens, probs = jax.lax.cond(jnp.any(unmask), lambda: redraw(unmask | remask, clock, log_w, i, None),
-                                          lambda: redraw(unmask | remask, clock, None, i, None))
-    else:
-      unmask, remask, clock = ancestral.fire(state.clock, state.z, remaskable, mask_id, p.hazard_mask,
-                                             hazard_unmask)
 
-      def with_draw(state):
-        logp, state = denoise(state, p.t_model)
-        return (state,) + redraw(unmask | remask, clock, logp, i, transform)
+    unmask, remask, clock = ancestral.fire(state.clock, state.z, remaskable, mask_id, hazard_mask, hazard_unmask)
+    if static.remask:  # fresh clocks for the remasked positions; no prediction needed
+      clock = redraw(remask, clock, None, i, None)[0]
 
-      def without_draw(state):
-        return (state,) + redraw(unmask | remask, clock, None, i, None)
+    def with_draw(state, clock):
+      if log_w is not None:
+        return (state,) + redraw(unmask, clock, log_w, i, None)
+      logp, state = denoise(state, p.t_model)
+      return (state,) + redraw(unmask, clock, logp, i, transform)
 
-      state, clock, tokens, probs = jax.lax.cond(jnp.any(unmask), with_draw, without_draw, state)
+    def without_draw(state, clock):
+      return state, clock, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.float32)
 
+    state, clock, tokens, probs = jax.lax.cond(jnp.any(unmask), with_draw, without_draw, state, clock)
     z = jnp.where(unmask, tokens, jnp.where(remask, mask_id, state.z))
     if conf:
       neg_psi = jnp.where(unmask, -probs, jnp.where(remask, -jnp.inf, state.neg_psi.reshape(shape)))

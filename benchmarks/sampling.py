@@ -1,0 +1,165 @@
+r"""Sampler cost: per-step wall time, denoiser calls (NFE), share of time outside the network, memory.
+
+  python benchmarks/sampling.py                          # print the table (defaults: the issue's setting)
+  python benchmarks/sampling.py --update BENCHMARKS.md   # also rewrite its '## Sampling' section
+
+Setting: md4_jax.nn.transformer 'tiny' (4 layers, 4 heads, width 128, time-conditioned, float32) with random
+weights (its zero-initialised head perturbed so predictions are not uniform), L = 1024, V = 50257, batch 4, T = 64,
+MD4 ancestral (default_config('ancestral'): cosine grid, no top-p) and ReMDM loop (default_config('remdm'):
+eta 0.02, t_on 0.55, t_off 0.05, alpha_on 0.9, ReMDM top-p 0.9), all masks at the start, no caching.
+
+Per sampler: after one `sampling.sample` call (compile + warm-up), the compiled loop is timed on its own (the
+host-side set-up of `sample`, a few ms, is left out), which gives the wall time and NFE; the same
+jitted denoiser (log_softmax of the transformer) timed alone, times NFE, is the network's share; the rest is the
+time outside the network (decisions, top-p, draws, bookkeeping). Memory is XLA's buffer assignment of the
+compiled sampler (arguments + outputs + temporaries); on a GPU also the device's peak bytes in use.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from md4_jax import sampling  # noqa: E402  pylint: disable=g-import-not-at-top
+from md4_jax.nn import transformer  # noqa: E402  pylint: disable=g-import-not-at-top
+from md4_jax.sampling import loop  # noqa: E402  pylint: disable=g-import-not-at-top
+
+SECTION = "## Sampling"
+
+
+def make_denoiser(size: str, vocab: int):
+  """(denoise_fn, params): log_softmax of a random-weight transformer, params passed as traced arguments."""
+  config = transformer.TransformerConfig(vocab_size=vocab, **transformer.TRANSFORMER_SIZES[size])
+  model = transformer.Transformer(config, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  # Perturb every parameter (the head and adaLN are zero-initialised), so the prediction has a realistic spread.
+  leaves = [p + 0.5 * jax.random.normal(k, p.shape, p.dtype) / np.sqrt(max(p.shape[0] if p.ndim else 1, 1))
+            for p, k in zip(leaves, keys)]
+  params = jax.tree.unflatten(treedef, leaves)
+
+  def denoise(params, z, t):
+    return jax.nn.log_softmax(nnx.merge(graphdef, params)(z, t), axis=-1)
+
+  return jax.tree_util.Partial(denoise, params)
+
+
+def bytes_of(compiled) -> int | None:
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None
+  return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+             - analysis.alias_size_in_bytes)
+
+
+def measure(name: str, denoise_fn, batch: int, length: int, vocab: int, steps: int, repeats: int) -> dict:
+  """Compile time, median wall time of the compiled sampler loop (host-side set-up of `sample` excluded), NFE."""
+  config = sampling.default_config(name)
+  config.num_steps = steps
+  z_init = jnp.full((batch, length), vocab, jnp.int32)
+  jax.block_until_ready(sampling.sample(denoise_fn, jax.random.key(0), z_init, config))  # the public path runs
+  frozen = sampling.validate_config(config)
+  plan = loop.make_plan(frozen)
+  static = loop.make_static(frozen, plan, vocab, z_init.size, False)
+  start = time.perf_counter()
+  compiled = loop.run_jit.lower(denoise_fn, jax.random.key(0), z_init, plan, None, static=static).compile()
+  compile_s = time.perf_counter() - start
+  walls, nfes = [], []
+  for r in range(repeats):
+    start = time.perf_counter()
+    tokens, stats = compiled(denoise_fn, jax.random.key(r + 1), z_init, plan, None)
+    jax.block_until_ready(tokens)
+    walls.append(time.perf_counter() - start)
+    nfes.append(int(stats["nfe"]))
+  return {"name": name, "compile_s": compile_s, "wall_s": float(np.median(walls)), "nfe": int(np.median(nfes)),
+          "steps": int(plan.t.shape[0]), "bytes": bytes_of(compiled)}
+
+
+def time_network(denoise_fn, batch: int, length: int, vocab: int, repeats: int) -> tuple[float, int | None]:
+  """Median seconds of one jitted denoiser call on a half-masked input, and its XLA memory."""
+  z = jnp.where(jax.random.uniform(jax.random.key(2), (batch, length)) < 0.5, vocab,
+                jax.random.randint(jax.random.key(3), (batch, length), 0, vocab)).astype(jnp.int32)
+  t = jnp.full((batch,), 0.5, jnp.float32)
+  call = jax.jit(lambda fn, z, t: fn(z, t))
+  jax.block_until_ready(call(denoise_fn, z, t))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(call(denoise_fn, z, t))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)), bytes_of(call.lower(denoise_fn, z, t).compile())
+
+
+def gib(value) -> str:
+  return "n/a" if value is None else f"{value / 2**30:.2f}"
+
+
+def table(results, network_s: float, network_bytes, peak) -> str:
+  lines = ["| sampler | steps | NFE | wall (s) | per step (ms) | network (ms / call) | outside network | "
+           "XLA memory (GiB) | compile (s) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    outside = 1.0 - r["nfe"] * network_s / r["wall_s"]
+    lines.append(f"| {r['name']} | {r['steps']} | {r['nfe']} | {r['wall_s']:.2f} | "
+                 f"{1e3 * r['wall_s'] / r['steps']:.1f} | {1e3 * network_s:.1f} | {100 * outside:.1f}% | "
+                 f"{gib(r['bytes'])} | {r['compile_s']:.1f} |")
+  lines.append(f"\nThe network alone: {1e3 * network_s:.1f} ms per call, {gib(network_bytes)} GiB XLA memory"
+               + (f"; device peak bytes in use over the whole script: {gib(peak)} GiB." if peak else "."))
+  return "\n".join(lines)
+
+
+def update_section(path: str, body: str) -> None:
+  """Replaces (or appends) the '## Sampling' section of `path`, leaving every other section alone."""
+  text = pathlib.Path(path).read_text() if os.path.exists(path) else "# Benchmarks\n"
+  lines = text.splitlines()
+  if SECTION in lines:
+    start = lines.index(SECTION)
+    stop = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    lines = lines[:start] + body.rstrip("\n").splitlines() + ([""] if stop < len(lines) else []) + lines[stop:]
+  else:
+    lines = lines + [""] + body.rstrip("\n").splitlines()
+  pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--length", type=int, default=1024)
+  parser.add_argument("--vocab", type=int, default=50257)
+  parser.add_argument("--steps", type=int, default=64)
+  parser.add_argument("--size", default="tiny", choices=sorted(transformer.TRANSFORMER_SIZES))
+  parser.add_argument("--samplers", nargs="+", default=["ancestral", "remdm"])
+  parser.add_argument("--repeats", type=int, default=1, help="timed runs per sampler (median)")
+  parser.add_argument("--update", default=None, help="markdown file whose '## Sampling' section to rewrite")
+  args = parser.parse_args()
+
+  denoise_fn = make_denoiser(args.size, args.vocab)
+  network_s, network_bytes = time_network(denoise_fn, args.batch, args.length, args.vocab, max(3, args.repeats))
+  results = [measure(name, denoise_fn, args.batch, args.length, args.vocab, args.steps, args.repeats)
+             for name in args.samplers]
+  device = jax.devices()[0]
+  peak = (device.memory_stats() or {}).get("peak_bytes_in_use") if device.platform == "gpu" else None
+  body = table(results, network_s, network_bytes, peak)
+  print(body)
+  if args.update:
+    command = "python benchmarks/sampling.py " + " ".join(sys.argv[1:])
+    header = (f"{SECTION}\n\nCommand: `{command}` ({datetime.date.today()}, {platform.machine()}, "
+              f"{os.cpu_count()} CPU cores, device {device.device_kind}, jax {jax.__version__}). "
+              f"{args.size} transformer (md4_jax.nn.transformer), B={args.batch}, L={args.length}, "
+              f"V={args.vocab}, T={args.steps}; see the script's docstring for the method.\n\n")
+    update_section(args.update, header + body)
+
+
+if __name__ == "__main__":
+  main()
