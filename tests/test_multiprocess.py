@@ -167,6 +167,29 @@ def test_checkpoints_move_between_one_and_two_processes_and_sigterm_stops_both(r
   _assert_same_state(_state(one, NUM_STEPS), _state(reference, NUM_STEPS))
 
 
+@pytest.mark.multiprocess
+def test_multihost_flag_lets_jax_detect_a_slurm_step():
+  """--multihost's initialize_distributed(True) with SLURM's variables (as srun sets them) and no JAX_* ones."""
+  from launch import local  # pylint: disable=g-import-not-at-top
+  code = ("from md4_jax import train\ntrain.initialize_distributed(True)\nimport jax\n"
+          "print(jax.process_index(), jax.process_count(), jax.device_count())")
+  base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+  port = str(local.free_port())
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=dict(base, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
+               JAX_COORDINATOR_PORT=port, SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost",
+               SLURM_STEP_NUM_NODES="1", SLURM_NTASKS="2", SLURM_PROCID=str(i), SLURM_LOCALID=str(i)))
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # only if one hangs
+  assert all(p.returncode == 0 for p in procs), outs
+  assert [out.strip() for out, _ in outs] == ["0 2 4", "1 2 4"]
+
+
 def test_library_benchmarks_and_chars_data_import_without_the_data_stack(blocker):
   code = ("import md4_jax.train, md4_jax.sampling, md4_jax.evaluate, md4_jax.experiment\n"
           "from md4_jax import data\n"
