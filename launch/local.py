@@ -35,10 +35,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(process_id: int, num_processes: int, devices_per_process: int, port: int,
-                base: dict[str, str] | None = None) -> dict[str, str]:
+def process_env(process_id: int, num_processes: int, devices_per_process: int, port: int) -> dict[str, str]:
   """The environment of process `process_id` of a local run."""
-  env = dict(os.environ if base is None else base)
+  env = dict(os.environ)
   env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
              JAX_PROCESS_ID=str(process_id), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices_per_process),
              PYTHONUNBUFFERED="1")
@@ -51,15 +50,14 @@ def _pump(process_id: int, stream, out) -> None:
     out.flush()
 
 
-def launch(command: list[str], num_processes: int, devices_per_process: int, timeout_s: float | None = None,
-           out=None) -> int:
+def launch(command: list[str], num_processes: int, devices_per_process: int, timeout_s: float | None = None) -> int:
   """Runs `command` as `num_processes` processes; returns 0 if all succeed, else the first failure's status
   (124 when `timeout_s` passes first)."""
   if num_processes < 1 or devices_per_process < 1:
     raise ValueError(f"num_processes={num_processes}, devices_per_process={devices_per_process}; both must be >= 1")
   if not command:
     raise ValueError("no command given; put it after '--', e.g. -- python -m md4_jax.train --config ...")
-  out = sys.stdout if out is None else out
+  out = sys.stdout
   port = free_port()
   procs = [subprocess.Popen(command, env=process_env(i, num_processes, devices_per_process, port),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

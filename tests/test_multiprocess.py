@@ -233,6 +233,23 @@ def test_launcher_stops_the_others_when_one_process_fails():
   assert time.time() - start < 30  # process 0 was stopped, not waited for
 
 
+def test_launcher_passes_sigterm_on_to_every_process():
+  code = ("import os, signal, sys, time\n"
+          "signal.signal(signal.SIGTERM, lambda *_: (print('SIGTERM', os.environ['JAX_PROCESS_ID']), sys.exit(0)))\n"
+          "print('ready', flush=True)\ntime.sleep(120)")
+  proc = subprocess.Popen([sys.executable, "-m", "launch.local", "-n", "2", "-d", "1", "--", *_python(code)],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  ready = 0
+  for line in proc.stdout:
+    ready += line.endswith("] ready\n")
+    if ready == 2:
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 0, rest
+  assert sorted(line for line in rest.splitlines() if "SIGTERM" in line) == ["[0] SIGTERM 0", "[1] SIGTERM 1"]
+
+
 def test_launcher_timeout_and_bad_arguments():
   result = subprocess.run([sys.executable, "-m", "launch.local", "-n", "2", "-d", "1", "--timeout_s", "1", "--",
                            *_python("import time; time.sleep(120)")], cwd=ROOT, capture_output=True, text=True,
