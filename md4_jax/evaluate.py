@@ -26,7 +26,6 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from md4_jax import checkpoint
 from md4_jax import data as data_lib
 from md4_jax import diffusion
 from md4_jax import experiment as experiment_lib
@@ -193,31 +192,10 @@ def nelbo_stats(exp: experiment_lib.Experiment, params, split: str = "validation
   return NelboStats(nats, math.prod(info.data_shape))
 
 
-def restore_ema(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
-  """(experiment, EMA params, step) of checkpoint `step` (default: the latest) of `workdir`, placed on the mesh."""
-  exp = experiment_lib.build(config)
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise ValueError(f"no checkpoint directory {directory!r}; train first (python -m md4_jax.train ...)")
-  manager = checkpoint.make_manager(workdir, read_only=True)
-  try:
-    steps = manager.all_steps()
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise ValueError(f"no checkpoint in {manager.directory}; train first (python -m md4_jax.train ...)")
-    if step not in steps:
-      raise ValueError(f"no checkpoint step {step} in {manager.directory}; valid: {sorted(steps)}")
-    state, _ = checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
-        exp.abstract_state, exp.state_sharding), checkpoint.fingerprint(config))
-  finally:
-    manager.close()
-  return exp, state.ema_params, step
-
-
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: str = "validation") -> dict:
   """Restores checkpoint `step` (default: the latest) of `workdir` and evaluates its EMA parameters."""
-  exp, params, _ = restore_ema(config, workdir, step)
-  return evaluate(exp, make_eval_fn(exp), params, split)
+  restored = experiment_lib.restore_ema(config, workdir, step)
+  return evaluate(restored.exp, make_eval_fn(restored.exp), restored.params, split)
 
 
 def zero_shot_path(directory: str, name: str) -> str | None:
@@ -273,7 +251,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str = "valida
   check_estimator(config.diffusion.objective, discrete_steps, num_mc_samples)
   if config.diffusion.objective == "ar":
     num_mc_samples = 1  # the exact NLL: every draw is the same
-  exp, params, step = restore_ema(config, workdir, step)
+  restored = experiment_lib.restore_ema(config, workdir, step)
+  exp, params, step = restored.exp, restored.params, restored.step
   head = {"workdir": workdir, "step": int(step), "objective": config.diffusion.objective,
           "num_mc_samples": num_mc_samples, "discrete_steps": discrete_steps}
   if zero_shot_dir is not None:

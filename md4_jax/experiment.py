@@ -6,14 +6,17 @@ Shared by training, evaluation and sampling, so each restores checkpoints onto t
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 
+from md4_jax import checkpoint
 from md4_jax import data as data_lib
 from md4_jax import optim
 from md4_jax import sharding
@@ -55,9 +58,11 @@ def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
     raise ValueError(f"train.eval_batch_size={t.eval_batch_size} must be divisible by the {n} devices")
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
+def build(config: ml_collections.ConfigDict, *, inference: bool = False) -> Experiment:
+  """The experiment of `config`; `inference` skips the training batch-size checks."""
   mesh = sharding.make_mesh(config.mesh)
-  check_batch_sizes(config, mesh)
+  if not inference:
+    check_batch_sizes(config, mesh)
   info = data_lib.dataset_info(config.data)
   make = lambda: make_model(config, info, config.seed)
   graphdef, abstract_params = nnx.split(nnx.eval_shape(make), nnx.Param)
@@ -72,3 +77,39 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   init_state = jax.jit(lambda: create(nnx.to_pure_dict(nnx.split(make(), nnx.Param)[1])),
                        out_shardings=state_sharding)
   return Experiment(config, mesh, info, graphdef, tx, abstract_state, state_sharding, init_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  exp: Experiment
+  params: dict   # EMA parameters (pure dict) placed on exp.mesh
+  step: int
+
+
+def restore_ema(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> Restored:
+  """EMA parameters of checkpoint `step` (None: the latest) of `workdir`, without the optimizer state.
+
+  They are placed on the mesh of `config.mesh` over the present devices, whatever the device count of the
+  run that wrote them. Raises ValueError if there is no such checkpoint or it belongs to another model config.
+  """
+  exp = build(config, inference=True)
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise ValueError(f"no checkpoint directory {directory}: --workdir={workdir!r} holds no training run "
+                     "(train first: python -m md4_jax.train --config ... --workdir ...)")
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  try:
+    steps = list(manager.all_steps())
+    if not steps:
+      raise ValueError(f"no checkpoint in {directory}; train first (python -m md4_jax.train ...)")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise ValueError(f"no checkpoint of step {step} in {directory}; available steps: {sorted(steps)}")
+    checkpoint.check_meta(manager, step, checkpoint.fingerprint(config))
+    target = {"ema_params": checkpoint.abstract_with_shardings(exp.abstract_state.ema_params,
+                                                                exp.state_sharding.ema_params)}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+  finally:
+    manager.close()
+  return Restored(exp, restored["state"]["ema_params"], int(step))

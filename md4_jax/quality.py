@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from md4_jax import evaluate as evaluate_lib
+from md4_jax import experiment as experiment_lib
 from md4_jax import sharding
 from md4_jax.data import gpt2_tokenizer
 
@@ -113,7 +113,8 @@ def ar_scorer(config: ml_collections.ConfigDict, workdir: str, step: int | None 
   """
   if config.diffusion.objective != "ar":
     raise ValueError(f"ar_scorer needs a checkpoint of diffusion.objective='ar'; got {config.diffusion.objective!r}")
-  exp, params, step = evaluate_lib.restore_ema(config, workdir, step)
+  restored = experiment_lib.restore_ema(config, workdir, step)
+  exp, params, step = restored.exp, restored.params, restored.step
   batch_size = batch_size or config.train.eval_batch_size
   if batch_size % exp.mesh.size:
     raise ValueError(f"batch_size={batch_size} must be divisible by the {exp.mesh.size} devices")

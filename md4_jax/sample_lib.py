@@ -13,7 +13,6 @@ The two binaries differ only in the sampler they start from (`default_sampler`);
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -22,13 +21,10 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from md4_jax import checkpoint
 from md4_jax import config_base
 from md4_jax import data as data_lib
 from md4_jax import experiment as experiment_lib
@@ -71,45 +67,8 @@ def resolve_config(path: str, overrides: dict[str, Any], sampler: str) -> ml_col
   return config
 
 
-@dataclasses.dataclass(frozen=True)
-class Restored:
-  exp: experiment_lib.Experiment
-  params: dict   # EMA parameters (pure dict) placed on exp.mesh
-  step: int
-
-
-def restore_ema(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> Restored:
-  """EMA parameters of checkpoint `step` (None: the latest) of `workdir`, without the optimizer state.
-
-  They are placed on the mesh of `config.mesh` over the present devices, whatever the device count of the
-  run that wrote them. Raises ValueError if there is no such checkpoint or it belongs to another model config.
-  """
-  config = config.copy_and_resolve_references()
-  with config.unlocked():  # batch sizes play no part here; make build's divisibility checks hold on any mesh
-    devices = sharding_lib.make_mesh(config.mesh).size
-    config.train.batch_size = devices * config.train.grad_accum_steps
-    config.train.eval_batch_size = devices
-  exp = experiment_lib.build(config)
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise ValueError(f"no checkpoint directory {directory}: --workdir={workdir!r} holds no training run "
-                     "(train first: python -m md4_jax.train --config ... --workdir ...)")
-  manager = checkpoint.make_manager(workdir, read_only=True)
-  try:
-    steps = list(manager.all_steps())
-    if not steps:
-      raise ValueError(f"no checkpoint in {directory}; train first (python -m md4_jax.train ...)")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise ValueError(f"no checkpoint of step {step} in {directory}; available steps: {sorted(steps)}")
-    checkpoint.check_meta(manager, step, checkpoint.fingerprint(config))
-    target = {"ema_params": checkpoint.abstract_with_shardings(exp.abstract_state.ema_params,
-                                                                exp.state_sharding.ema_params)}
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
-  finally:
-    manager.close()
-  return Restored(exp, restored["state"]["ema_params"], int(step))
+Restored = experiment_lib.Restored
+restore_ema = experiment_lib.restore_ema
 
 
 def read_prefixes(path: str, info: DataInfo) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from md4_jax import data as data_lib
-from md4_jax import evaluate, train
+from md4_jax import evaluate, experiment, train
 from eval_fixtures import ar_config, save_initial_checkpoint
 from train_configs import ROOT, tiny_config
 
@@ -27,7 +27,8 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def restored(trained):
-  return evaluate.restore_ema(tiny_config(num_steps=8), trained)
+  restored = experiment.restore_ema(tiny_config(num_steps=8), trained)
+  return restored.exp, restored.params, restored.step
 
 
 def test_mc_standard_error_falls_as_one_over_sqrt_k(restored):
@@ -122,7 +123,7 @@ def test_bad_input_raises_clear_errors(trained, tmp_path):
   (tmp_path / "checkpoints").mkdir()
   with pytest.raises(ValueError, match="no checkpoint in"):
     evaluate.run(config, str(tmp_path))
-  with pytest.raises(ValueError, match=r"no checkpoint step 5 .* valid: \[4, 8\]"):
+  with pytest.raises(ValueError, match=r"no checkpoint of step 5 .* available steps: \[4, 8\]"):
     evaluate.run(config, trained, step=5)
   with pytest.raises(ValueError, match="belongs to another model config"):
     evaluate.run(_wider(), trained)
