@@ -31,7 +31,10 @@ def make_manager(workdir: str, train_config: ml_collections.ConfigDict | None = 
       keep_period=(train_config.keep_period or None) if train_config is not None else None,
       enable_async_checkpointing=bool(train_config is not None and train_config.async_checkpoint),
       create=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
+  directory = os.path.join(workdir, "checkpoints")
+  if "://" not in directory:  # local paths made absolute; gs:// and other remote paths go to Orbax as they are
+    directory = os.path.abspath(directory)
+  return ocp.CheckpointManager(directory, options=options,
                                item_names=ITEMS)
 
 

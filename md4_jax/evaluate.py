@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from md4_jax import data as data_lib
 from md4_jax import diffusion
+from md4_jax import distributed
 from md4_jax import experiment as experiment_lib
 from md4_jax import sharding
 from md4_jax.data import gpt2_tokenizer
@@ -273,8 +274,7 @@ def main(argv) -> None:
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only checkpoint manager
   f = flags.FLAGS
-  from md4_jax.train import initialize_distributed  # pylint: disable=g-import-not-at-top (train imports this module)
-  initialize_distributed(f.multihost)
+  distributed.initialize(f.multihost)
   try:
     if f.zero_shot and not f.zero_shot_dir:
       raise ValueError("--zero_shot needs --zero_shot_dir (a folder with <set>.jsonl / .txt files for the sets "

@@ -27,6 +27,7 @@ from flax import nnx
 
 from md4_jax import config_base
 from md4_jax import data as data_lib
+from md4_jax import distributed
 from md4_jax import experiment as experiment_lib
 from md4_jax import sample_writer
 from md4_jax import sampling
@@ -275,8 +276,7 @@ def parse_flags(flag_values, argv: list[str], doc: str) -> int | None:
     return 2
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO / WARNING
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+  distributed.initialize()
   return None
 
 

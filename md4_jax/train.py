@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import signal
 import sys
 import time
@@ -26,6 +25,7 @@ from flax import nnx
 
 from md4_jax import checkpoint
 from md4_jax import data as data_lib
+from md4_jax import distributed
 from md4_jax import evaluate as evaluate_lib
 from md4_jax import experiment as experiment_lib
 from md4_jax import metrics as metrics_lib
@@ -170,7 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           sums, count = None, 0
         if _due(step, config.train.eval_every, config.train.num_steps):
           eval_metrics = evaluate_lib.evaluate(exp, eval_fn, state.ema_params)
-          print(f"step {step} | validation bits/token {eval_metrics['eval/bits_per_token']:.4f}", flush=True)
+          if jax.process_index() == 0:
+            print(f"step {step} | validation bits/token {eval_metrics['eval/bits_per_token']:.4f}", flush=True)
           writer.write(step, eval_metrics)
           last.update(eval_metrics)
         if _due(step, config.train.sample_every, config.train.num_steps):
@@ -203,28 +204,12 @@ def _raise_if_nonfinite(state, manager) -> None:
         f"{manager.latest_step()}. Lower optim.lr, raise optim.warmup_steps or check the data.")
 
 
-def initialize_distributed(multihost: bool) -> None:
-  """Joins a multi-process run (jax.distributed.initialize) before any device is touched.
-
-  JAX_COORDINATOR_ADDRESS set (launch/local.py, or by hand): the process id and count come from JAX_PROCESS_ID and
-  JAX_NUM_PROCESSES, or, where those are unset, from the cluster jax detects. Otherwise `multihost` (--multihost)
-  lets jax detect everything: Cloud TPU pods, SLURM, Open MPI, Kubernetes. Neither: a single-process run.
-  """
-  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-  if address:
-    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
-    jax.distributed.initialize(address, num_processes=None if count is None else int(count),
-                               process_id=None if index is None else int(index))
-  elif multihost:
-    jax.distributed.initialize()
-
-
 def main(argv) -> None:
   del argv
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  initialize_distributed(flags.FLAGS.multihost)
+  distributed.initialize(flags.FLAGS.multihost)
   try:
     train_and_evaluate(config, workdir)
   except (ValueError, FloatingPointError, OSError) as error:

@@ -169,9 +169,9 @@ def test_checkpoints_move_between_one_and_two_processes_and_sigterm_stops_both(r
 
 @pytest.mark.multiprocess
 def test_multihost_flag_lets_jax_detect_a_slurm_step():
-  """--multihost's initialize_distributed(True) with SLURM's variables (as srun sets them) and no JAX_* ones."""
+  """--multihost's distributed.initialize(True) with SLURM's variables (as srun sets them) and no JAX_* ones."""
   from launch import local  # pylint: disable=g-import-not-at-top
-  code = ("from md4_jax import train\ntrain.initialize_distributed(True)\nimport jax\n"
+  code = ("from md4_jax import distributed\ndistributed.initialize(True)\nimport jax\n"
           "print(jax.process_index(), jax.process_count(), jax.device_count())")
   base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
   port = str(local.free_port())
