@@ -257,14 +257,11 @@ PROMPTED = jnp.full((8, 16), VOCAB).at[:, :3].set(jnp.arange(3))
 
 def test_eta_zero_is_ancestral_bitwise():
   """remdm.md §6 item 1: sigma = 0 gives MD4's samples exactly, with the same key (and top-p), for every
-  strategy whose sigma scales with eta; sigma > 0 changes them."""
+  strategy whose sigma scales with eta (that sigma > 0 does remask is checked by the oracle runs' remask counts)."""
   reference = sampling.sample(random_denoiser, jax.random.key(8), PROMPTED, config_of("ancestral", **COMMON))
   for strategy in ("cap", "rescale", "conf"):
     remdm = config_of("remdm", **COMMON, **{"remdm.strategy": strategy, "remdm.eta": 0.0})
     np.testing.assert_array_equal(sampling.sample(random_denoiser, jax.random.key(8), PROMPTED, remdm), reference)
-  remasking = config_of("remdm", **COMMON, **{"remdm.strategy": "cap", "remdm.eta": 0.5})
-  assert np.any(np.asarray(sampling.sample(random_denoiser, jax.random.key(8), PROMPTED, remasking)) !=
-                np.asarray(reference))
 
 
 def test_genmd4_with_equal_exponents_is_ancestral_with_poly():

@@ -79,7 +79,7 @@ def for_selected(select: jax.Array, capacity: int, body, init):
   m = select.shape[0]
   num_blocks = -(-m // _BLOCK)
   blocks = jnp.pad(select, (0, num_blocks * _BLOCK - m)).reshape(num_blocks, _BLOCK)
-  counts = jnp.sum(blocks, axis=1, dtype=jnp.int32)  # [M / 64]
+  counts = jnp.sum(blocks, axis=1, dtype=jnp.int32)  # [M / 16]
   ends = jnp.cumsum(counts)
   total = ends[-1]
 
