@@ -159,14 +159,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           print(f"first step done {last['time/first_step_s']:.1f}s after start (compilation included)", flush=True)
         if step % config.train.log_every == 0 or step == config.train.num_steps:
           _raise_if_nonfinite(state, manager)
-          last.update({f"train/{k}": float(v) / count for k, v in sums.items()})
-          last["train/bits_per_token"] = float(
-              bits_per_token(last["train/nelbo"], math.prod(exp.info.data_shape)))
-          last["train/lr"] = float(optim.learning_rate_schedule(config.optim, config.train.num_steps)(step))
-          rate = writer.progress(step, {"loss": last["train/objective"], "bpt": last["train/bits_per_token"]})
+          scalars = {f"train/{k}": float(v) / count for k, v in sums.items()}
+          scalars["train/bits_per_token"] = float(
+              bits_per_token(scalars["train/nelbo"], math.prod(exp.info.data_shape)))
+          scalars["train/lr"] = float(optim.learning_rate_schedule(config.optim, config.train.num_steps)(step))
+          rate = writer.progress(step, {"loss": scalars["train/objective"], "bpt": scalars["train/bits_per_token"]})
           if rate:
-            last["train/steps_per_second"] = rate
-          writer.write(step, last)
+            scalars["train/steps_per_second"] = rate
+          writer.write(step, scalars)
+          last.update(scalars)
           sums, count = None, 0
         if _due(step, config.train.eval_every, config.train.num_steps):
           eval_metrics = evaluate_lib.evaluate(exp, eval_fn, state.ema_params)
