@@ -24,6 +24,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.kind = "transformer"   # 'transformer' | 'unet' | 'uvit'
   config.model.size = "tiny"          # a preset of md4_jax.nn.SIZES[kind], or None
+  config.model.label_dropout = 0.0    # classifier-free guidance: rate of training labels replaced by the null id
   config.model.network = ml_collections.ConfigDict(
       {"dropout": 0.0, "mlp_type": "glu", "time_conditioning": True, "dtype": "float32", "remat": False})
 

@@ -58,9 +58,13 @@ class DiffusionModel(nnx.Module):
   """A network wrapped as a denoiser, and its NELBO."""
 
   def __init__(self, network: nnx.Module, diffusion_config: DiffusionConfig, vocab_size: int, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, num_classes: int = 0, label_dropout: float = 0.0):
     del rngs  # the network is built by the caller
+    if not 0.0 <= label_dropout < 1.0:
+      raise ValueError(f"model.label_dropout={label_dropout}; need a rate in [0, 1)")
     self.network = network
+    self.num_classes = num_classes
+    self.label_dropout = label_dropout  # classifier-free guidance: P(label -> null id num_classes) in training
     self.diffusion_config = diffusion_config
     self.vocab_size = vocab_size
     self.w_raw = (nnx.Param(genmd4.init_w_raw(vocab_size, diffusion_config.power_init))
@@ -91,8 +95,16 @@ class DiffusionModel(nnx.Module):
 
   def loss(self, x: jax.Array, key: jax.Array, cond: jax.Array | None = None, *,
            rngs: nnx.Rngs | None = None) -> Loss:
-    """The training objective and per-example NELBO (nats) of a batch x [B, *S]."""
+    """The training objective and per-example NELBO (nats) of a batch x [B, *S].
+
+    With label_dropout > 0, each example's label cond [B] is replaced by the null id num_classes with that
+    probability (classifier-free guidance training, Ho & Salimans 2022; D-CFG, Schiff et al. 2024).
+    """
     c = self.diffusion_config
+    if cond is not None and self.label_dropout > 0:
+      key, key_drop = jax.random.split(key)
+      drop = jax.random.bernoulli(key_drop, self.label_dropout, cond.shape)  # [B]
+      cond = jnp.where(drop, self.num_classes, cond)
     denoise_fn = self.denoiser(cond, rngs=rngs)
     if c.objective == "genmd4":
       result = genmd4.rloo_loss(denoise_fn, key, x, self.genmd4_w, c.eps, c.antithetic)
@@ -136,4 +148,5 @@ def make_model(config: ml_collections.ConfigDict, info, seed: int) -> DiffusionM
     kwargs.update(causal=True, time_conditioning=False)
   network = make_network(config.model.kind, kwargs, rngs=rngs)
   vocab_size = info.vocab_size
-  return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs)
+  return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs,
+                        num_classes=info.num_classes, label_dropout=config.model.get("label_dropout", 0.0))

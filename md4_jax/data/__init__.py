@@ -12,6 +12,7 @@ import ml_collections
 from md4_jax.data import chars
 from md4_jax.data import images
 from md4_jax.data import owt
+from md4_jax.data import qm9
 from md4_jax.data import zeroshot
 from md4_jax.data.interface import DataInfo, DataNotFoundError, Dataset, DatasetSpec, SPLITS, split_bounds
 
@@ -22,6 +23,7 @@ DATASETS: dict[str, DatasetSpec] = {
     'digits': images.DIGITS,
     'cifar10': images.CIFAR10,
     'imagenet64': images.IMAGENET64,
+    'qm9': qm9.QM9,
     **zeroshot.SPECS,
 }
 
