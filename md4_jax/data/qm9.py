@@ -9,9 +9,11 @@ with RDKit (unparsable ones are dropped) and its ring count (`rdMolDescriptors.C
 `qm9_<hash of the source>.npz`.
 
 Tokens: the standard SMILES regex (Schwaller et al. 2019), one token per atom / bracket atom / bond / ring digit.
-The vocabulary is built deterministically from the data: id 0 is the pad token '<pad>', then the sorted distinct
-tokens. Molecules with more than `seq_len` tokens are dropped; shorter ones are right-padded with '<pad>'. The pad
-is a real token the model learns (it also learns where the molecule ends); `decode` drops every '<pad>'.
+The vocabulary is fixed (V = 31): id 0 is the pad token '<pad>', then the sorted distinct tokens of QM9's RDKit
+canonical SMILES (as `vocabulary(load_molecules(None, None)['smiles'])` gives them), so `dataset_info` needs no
+data; a CSV with other tokens is refused when read. Molecules with more than `seq_len` tokens are dropped; shorter
+ones are right-padded with '<pad>'. The pad is a real token the model learns (it also learns where the molecule
+ends); `decode` drops every '<pad>'.
 
 Labels (num_classes = 2): 'rings': ring count >= its 90th percentile over the whole data set (the ReMDM / Schiff
 et al. 2024 target); 'qed': QED >= its 90th percentile. 'none': unlabelled (num_classes = 0).
@@ -39,6 +41,8 @@ from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, che
 SMILES_REGEX = re.compile(r'(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|'
                           r'%[0-9]{2}|[0-9])')
 PAD = '<pad>'
+VOCABULARY = (PAD, '#', '(', ')', '-', '1', '2', '3', '4', '5', '=', 'C', 'F', 'N', 'O', '[C-]', '[CH-]', '[N+]',
+              '[N-]', '[NH+]', '[NH2+]', '[NH3+]', '[O-]', '[c-]', '[cH-]', '[n-]', '[nH+]', '[nH]', 'c', 'n', 'o')
 LABELS = ('none', 'rings', 'qed')
 LABEL_PERCENTILE = 90.0
 
@@ -134,11 +138,6 @@ def _check(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'data.seq_len={config.seq_len}; need a positive int')
 
 
-def _tables(config: ml_collections.ConfigDict):
-  _check(config)
-  molecules = load_molecules(config.path, config.cache_dir)
-  vocab = vocabulary(molecules['smiles'])
-  return molecules, vocab, {tok: i for i, tok in enumerate(vocab)}
 
 
 def labels(molecules: dict[str, np.ndarray], label: str) -> np.ndarray:
@@ -149,8 +148,12 @@ def labels(molecules: dict[str, np.ndarray], label: str) -> np.ndarray:
   return (values >= np.percentile(values, LABEL_PERCENTILE)).astype(np.int32)
 
 
+IDS = {tok: i for i, tok in enumerate(VOCABULARY)}
+
+
 def info(config: ml_collections.ConfigDict) -> DataInfo:
-  _, vocab, ids = _tables(config)
+  _check(config)
+  vocab, ids = VOCABULARY, IDS
   vocab_array = np.array(vocab)
 
   def decode(tokens: np.ndarray) -> str | np.ndarray:
@@ -177,6 +180,9 @@ def encode_padded(smiles: np.ndarray, ids: dict[str, int], seq_len: int) -> tupl
   rows, keep = [], []
   for i, s in enumerate(smiles):
     tokens = tokenize(str(s))
+    unknown = sorted(set(tokens) - set(ids))
+    if unknown:
+      raise ValueError(f'SMILES {str(s)!r} has tokens outside the QM9 vocabulary: {unknown}; valid: {", ".join(ids)}')
     if len(tokens) <= seq_len:
       rows.append([ids[t] for t in tokens] + [ids[PAD]] * (seq_len - len(tokens)))
       keep.append(i)
@@ -186,9 +192,10 @@ def encode_padded(smiles: np.ndarray, ids: dict[str, int], seq_len: int) -> tupl
 def make(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
          shard_count: int = 1) -> sampler_lib.RecordDataset:
   check_split(split)
-  molecules, _, ids = _tables(config)
+  _check(config)
+  molecules = load_molecules(config.path, config.cache_dir)
   start, stop = split_bounds(len(molecules['smiles']), config.train_fraction, config.validation_fraction)[split]
-  x, keep = encode_padded(molecules['smiles'][start:stop], ids, config.seq_len)
+  x, keep = encode_padded(molecules['smiles'][start:stop], IDS, config.seq_len)
   label = labels(molecules, config.label)[start:stop][keep] if config.label != 'none' else None
 
   def fetch(idx: np.ndarray) -> dict[str, np.ndarray]:

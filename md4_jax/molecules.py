@@ -1,0 +1,170 @@
+"""Novelty versus property of generated QM9 molecules (ReMDM §5.2, remdm.md §3.4).
+
+    python -m md4_jax.molecules --config experiments/qm9.py --workdirs /tmp/md4_qm9 \
+        --samplers ancestral "remdm:strategy=rescale,eta=0.9" "remdm:strategy=conf,t_switch=0.5" \
+        --gammas 0,1,2 --steps 32,64 --num_samples 256 --out /tmp/qm9_eval
+
+For every (model, sampler, gamma, T) it draws `num_samples` SMILES, guided by D-CFG toward label 1 (property >=
+its 90th percentile; gamma = 0: unconditional, 1: conditional; models without labels run once, gamma '-'), and
+counts with RDKit: valid (parsable, non-empty), unique (distinct canonical SMILES among the valid), novel (unique
+and not in the training split), and the mean property (`data.label`: ring count or QED) over the novel ones.
+Writes results.csv, results.md (a markdown table) and frontier.png (novel count vs mean property).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from md4_jax import config_base
+from md4_jax import experiment as experiment_lib
+from md4_jax import guidance
+from md4_jax import sample_writer
+from md4_jax import sampling
+from md4_jax.data import qm9
+from md4_jax.data.interface import split_bounds
+
+PROPERTIES = ('rings', 'qed')
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+  valid: int
+  unique: int
+  novel: int
+  mean_property: float  # over the novel molecules; nan if none
+
+
+def score(smiles: list[str], reference: set[str], prop: str) -> Score:
+  """RDKit counts of `smiles` against the canonical SMILES `reference` (the training set)."""
+  if prop not in PROPERTIES:
+    raise ValueError(f'unknown property {prop!r}; valid: {", ".join(PROPERTIES)}')
+  from rdkit import Chem, RDLogger  # pylint: disable=g-import-not-at-top
+  from rdkit.Chem import QED, rdMolDescriptors  # pylint: disable=g-import-not-at-top
+  RDLogger.DisableLog('rdApp.*')
+  valid, canonical = 0, {}
+  for s in smiles:
+    mol = Chem.MolFromSmiles(s) if s else None
+    if mol is None or mol.GetNumAtoms() == 0:
+      continue
+    valid += 1
+    canonical.setdefault(Chem.MolToSmiles(mol), mol)
+  novel = [mol for c, mol in canonical.items() if c not in reference]
+  values = [rdMolDescriptors.CalcNumRings(m) if prop == 'rings' else QED.qed(m) for m in novel]
+  return Score(valid, len(canonical), len(novel), float(np.mean(values)) if values else float('nan'))
+
+
+def sampler_config(spec: str, experiment_sampler: ml_collections.ConfigDict, num_steps: int
+                   ) -> ml_collections.ConfigDict:
+  """'name' or 'name:key=value,...' (keys of the sampler config or of its remdm group) -> a sampler config."""
+  name, _, rest = spec.partition(':')
+  config = sampling.default_config(name)
+  config.update(schedule=experiment_sampler.schedule, eps=experiment_sampler.eps, num_steps=num_steps)
+  for item in filter(None, rest.split(',')):
+    key, sep, value = item.partition('=')
+    group = config if key in config and key != 'remdm' else config.remdm if key in config.remdm else None
+    if not sep or group is None:
+      raise ValueError(f'bad sampler option {item!r} in {spec!r}; give key=value with a key of: '
+                       f'{", ".join(k for k in config if k != "remdm")}, {", ".join(config.remdm)}')
+    group[key] = type(group[key])(value)
+  sampling.validate_config(config)
+  return config
+
+
+def generate(graphdef, params, vocab_size: int, length: int, config: ml_collections.ConfigDict,
+             gamma: float | None, num_samples: int, batch_size: int, key: jax.Array) -> np.ndarray:
+  """Token ids int32 [num_samples, L]; gamma None: unguided, else D-CFG toward label 1."""
+  out = []
+  for index, first in enumerate(range(0, num_samples, batch_size)):
+    size = min(batch_size, num_samples - first)
+    uncond = sample_writer.denoiser(graphdef, params)
+    denoise_fn = uncond if gamma is None else guidance.cfg_denoiser(
+        sample_writer.denoiser(graphdef, params, jnp.ones((size,), jnp.int32)), uncond, gamma)
+    z_init = jnp.full((size, length), vocab_size, jnp.int32)
+    out.append(np.asarray(sampling.sample(denoise_fn, jax.random.fold_in(key, index), z_init, config)))
+  return np.concatenate(out)
+
+
+FIELDS = ('model', 'sampler', 'gamma', 'steps', 'samples', 'valid', 'unique', 'novel', 'mean_property')
+
+
+def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
+  """results.csv, results.md and frontier.png (novel count vs mean property, one line per model / sampler)."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ['| ' + ' | '.join(FIELDS) + ' |', '|' + '---|' * len(FIELDS)]
+  lines += ['| ' + ' | '.join(f'{r[k]:.3f}' if isinstance(r[k], float) else str(r[k]) for k in FIELDS) + ' |'
+            for r in rows]
+  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for series in sorted({(r['model'], r['sampler']) for r in rows}):
+    points = [r for r in rows if (r['model'], r['sampler']) == series and r['novel'] > 0]
+    if points:
+      ax.plot([r['novel'] for r in points], [r['mean_property'] for r in points], 'o-', label=' '.join(series))
+      for r in points:
+        ax.annotate(f"g{r['gamma']} T{r['steps']}", (r['novel'], r['mean_property']), fontsize=6)
+  ax.set_xlabel('novel molecules')
+  ax.set_ylabel(f'mean {prop} over novel')
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'frontier.png'), dpi=120)
+  plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', required=True, help='experiment file (experiments/qm9.py)')
+  parser.add_argument('--workdirs', nargs='+', required=True, help='training workdirs (one model each)')
+  parser.add_argument('--samplers', nargs='+', default=['ancestral'])
+  parser.add_argument('--gammas', default='1', help='comma-separated D-CFG strengths')
+  parser.add_argument('--steps', default='32', help='comma-separated T')
+  parser.add_argument('--num_samples', type=int, default=256)
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--out', required=True)
+  args = parser.parse_args(argv)
+  config = config_base.load_experiment(args.config)
+  config.mesh.data, config.mesh.fsdp = 1, 1
+  prop = config.data.label if config.data.label != 'none' else 'rings'
+  molecules = qm9.load_molecules(config.data.path, config.data.cache_dir)
+  train_stop = split_bounds(len(molecules['smiles']), config.data.train_fraction,
+                                config.data.validation_fraction)['train'][1]
+  reference = set(molecules['smiles'][:train_stop].tolist())
+  rows = []
+  for workdir in args.workdirs:
+    restored = experiment_lib.restore_ema(config, workdir)
+    exp = restored.exp
+    gammas = [float(g) for g in args.gammas.split(',')] if exp.info.num_classes else [None]
+    for spec in args.samplers:
+      for steps in [int(s) for s in args.steps.split(',')]:
+        sampler = sampler_config(spec, config.sampler, steps)
+        for gamma in gammas:
+          tokens = generate(exp.graphdef, restored.params, exp.info.vocab_size,
+                            exp.info.data_shape[0], sampler, gamma, args.num_samples, args.batch_size,
+                            jax.random.key(args.seed))
+          s = score(list(exp.info.decode(tokens)), reference, prop)
+          rows.append(dict(model=os.path.basename(os.path.normpath(workdir)), sampler=spec,
+                           gamma='-' if gamma is None else gamma, steps=steps, samples=args.num_samples,
+                           **dataclasses.asdict(s)))
+          print(rows[-1], file=sys.stderr, flush=True)
+  write_outputs(rows, args.out, prop)
+  print(open(os.path.join(args.out, 'results.md')).read())
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
