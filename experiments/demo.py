@@ -19,12 +19,13 @@ def get_config():
   config.optim.ema_decay = 0.99
   config.train.num_steps = 600
   config.train.batch_size = 64
-  config.train.log_every = 50
-  config.train.eval_every = 300
+  config.train.log_every = 100
+  config.train.eval_every = 600
   config.train.eval_batch_size = 64
-  config.train.eval_batches = 20
+  config.train.eval_batches = 10
   config.train.sample_every = 600
-  config.train.num_samples = 4
+  config.train.num_samples = 8
   config.train.checkpoint_every = 300
-  config.sampler.num_steps = 64
+  config.sampler.num_steps = 128
+  config.sampler.top_p = 0.8  # nucleus sampling (md4 rule): a tiny model's samples read more like words
   return config

@@ -18,10 +18,20 @@ import orbax.checkpoint as ocp
 ITEMS = ("state", "data", "meta")
 
 
+# Fields that change how a model is trained or run, not what its parameters mean: a checkpoint may be resumed,
+# fine-tuned or sampled with other values.
+RUNTIME_FIELDS = {"dropout", "remat", "dtype", "attention", "label_dropout", "antithetic", "cont_time",
+                  "num_steps"}
+
+
+def _without_runtime(tree: dict) -> dict:
+  return {k: _without_runtime(v) if isinstance(v, dict) else v for k, v in tree.items() if k not in RUNTIME_FIELDS}
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config fields a checkpoint's arrays depend on."""
-  return {"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
-          "data": {"name": config.data.name, "seq_len": config.data.get("seq_len")}}
+  """The config fields a checkpoint's parameters depend on (architecture, objective, schedule, data)."""
+  return _without_runtime({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
+                           "data": {"name": config.data.name, "seq_len": config.data.get("seq_len")}})
 
 
 def make_manager(workdir: str, train_config: ml_collections.ConfigDict | None = None,
