@@ -16,16 +16,18 @@ from flax import nnx
 
 from md4_jax import diffusion
 from md4_jax import genmd4
+from md4_jax import udlm
 from md4_jax.nn import SIZES, make_network
 from md4_jax.schedules import MaskingSchedule, make_schedule
 
-OBJECTIVES = ("md4", "genmd4", "ar")  # 'ar': a causal left-to-right baseline / Gen-PPL scorer
+OBJECTIVES = ("md4", "genmd4", "ar", "udlm")  # 'ar': a causal left-to-right baseline / Gen-PPL scorer
+# 'udlm': uniform-noise diffusion (md4_jax/udlm.py), sampled with udlm.sample, not md4_jax.sampling
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """The `config.diffusion` group as a typed value."""
-  objective: str = "md4"       # 'md4' | 'genmd4' | 'ar'
+  objective: str = "md4"       # 'md4' | 'genmd4' | 'ar' | 'udlm'
   schedule: str = "linear"     # a make_schedule name (GenMD4: the per-token poly, this is ignored)
   eps: float = 1e-4
   antithetic: bool = True
@@ -112,6 +114,9 @@ class DiffusionModel(nnx.Module):
     if c.objective == "ar":
       nll = -jnp.sum(self.ar_token_log_probs(x, cond, rngs=rngs), axis=-1)
       return Loss(jnp.mean(nll), nll)
+    if c.objective == "udlm":
+      nelbo = udlm.continuous_nelbo(denoise_fn, key, x, c.masking_schedule, c.antithetic)
+      return Loss(jnp.mean(nelbo), nelbo)
     if c.cont_time:
       nelbo = diffusion.continuous_nelbo(denoise_fn, key, x, c.masking_schedule, c.antithetic)
     else:

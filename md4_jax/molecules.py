@@ -28,6 +28,7 @@ from md4_jax import experiment as experiment_lib
 from md4_jax import guidance
 from md4_jax import sample_writer
 from md4_jax import sampling
+from md4_jax import udlm
 from md4_jax.data import qm9
 from md4_jax.data.interface import split_bounds
 
@@ -79,8 +80,15 @@ def sampler_config(spec: str, experiment_sampler: ml_collections.ConfigDict, num
 
 
 def generate(graphdef, params, vocab_size: int, length: int, config: ml_collections.ConfigDict,
-             gamma: float | None, num_samples: int, batch_size: int, key: jax.Array) -> np.ndarray:
-  """Token ids int32 [num_samples, L]; gamma None: unguided, else D-CFG toward label 1."""
+             gamma: float | None, num_samples: int, batch_size: int, key: jax.Array, *,
+             objective: str = 'md4') -> np.ndarray:
+  """Token ids int32 [num_samples, L]; gamma None: unguided, else D-CFG toward label 1.
+
+  objective 'udlm': the uniform-noise ancestral sampler (udlm.sample; config.name must be 'ancestral').
+  """
+  if objective == 'udlm' and config.name != 'ancestral':
+    raise ValueError(f"a 'udlm' model samples with 'ancestral' only; got sampler {config.name!r}")
+  sample_fn = udlm.sample if objective == 'udlm' else sampling.sample
   out = []
   for index, first in enumerate(range(0, num_samples, batch_size)):
     size = min(batch_size, num_samples - first)
@@ -88,7 +96,7 @@ def generate(graphdef, params, vocab_size: int, length: int, config: ml_collecti
     denoise_fn = uncond if gamma is None else guidance.cfg_denoiser(
         sample_writer.denoiser(graphdef, params, jnp.ones((size,), jnp.int32)), uncond, gamma)
     z_init = jnp.full((size, length), vocab_size, jnp.int32)
-    out.append(np.asarray(sampling.sample(denoise_fn, jax.random.fold_in(key, index), z_init, config)))
+    out.append(np.asarray(sample_fn(denoise_fn, jax.random.fold_in(key, index), z_init, config)))
   return np.concatenate(out)
 
 
@@ -149,15 +157,18 @@ def main(argv: list[str]) -> int:
     restored = experiment_lib.restore_ema(config, workdir)
     exp = restored.exp
     gammas = [float(g) for g in args.gammas.split(',')] if exp.info.num_classes else [None]
+    objective = exp.config.diffusion.objective
     for spec in args.samplers:
+      if objective == 'udlm' and spec.partition(':')[0] != 'ancestral':
+        continue  # ReMDM samplers are for masked models
       for steps in [int(s) for s in args.steps.split(',')]:
         sampler = sampler_config(spec, config.sampler, steps)
         for gamma in gammas:
           tokens = generate(exp.graphdef, restored.params, exp.info.vocab_size,
                             exp.info.data_shape[0], sampler, gamma, args.num_samples, args.batch_size,
-                            jax.random.key(args.seed))
+                            jax.random.key(args.seed), objective=objective)
           s = score(list(exp.info.decode(tokens)), reference, prop)
-          rows.append(dict(model=os.path.basename(os.path.normpath(workdir)), sampler=spec,
+          rows.append(dict(model=os.path.basename(os.path.normpath(workdir)), sampler=f'{objective}:{spec}',
                            gamma='-' if gamma is None else gamma, steps=steps, samples=args.num_samples,
                            **dataclasses.asdict(s)))
           print(rows[-1], file=sys.stderr, flush=True)

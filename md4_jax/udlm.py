@@ -59,9 +59,11 @@ def boundary_nats(schedule: MaskingSchedule, vocab_size: int) -> float:
   """Per-token prior KL(q(z_1|x) || uniform) + reconstruction -E_{q(z_0|x)} log q(z_0|x), in nats."""
   def probs(alpha):  # (P(z = x), P(z = each other token))
     return alpha + (1 - alpha) / vocab_size, (1 - alpha) / vocab_size
-  p_same, p_other = probs(float(schedule.alpha(1.0)))
+  with jax.ensure_compile_time_eval():  # constants, also when called under jit
+    alpha_1, alpha_0 = float(schedule.alpha(1.0)), float(schedule.alpha(0.0))
+  p_same, p_other = probs(alpha_1)
   prior = p_same * math.log(vocab_size * p_same) + (vocab_size - 1) * p_other * math.log(vocab_size * p_other)
-  p_same, p_other = probs(float(schedule.alpha(0.0)))
+  p_same, p_other = probs(alpha_0)
   reconstruction = -(p_same * math.log(p_same) + (vocab_size - 1) * p_other * math.log(p_other))
   return prior + reconstruction
 

@@ -65,3 +65,20 @@ def test_generate_guided_and_unguided():
   for gamma in (None, 2.0):
     tokens = molecules.generate(graphdef, params, 5, 4, sampler, gamma, 5, 3, jax.random.key(0))
     assert tokens.shape == (5, 4) and tokens.min() >= 0 and tokens.max() < 5
+
+
+def test_generate_udlm_model():
+  config = config_base.get_base_config()
+  config.diffusion.objective = 'udlm'
+  config.model.network.update(num_layers=1, num_heads=2, width=16)
+  info = DataInfo(vocab_size=5, data_shape=(4,), num_classes=2, decode=lambda x: x)
+  model = make_model(config, info, 0)
+  loss = model.loss(jax.random.randint(jax.random.key(1), (6, 4), 0, 5), jax.random.key(2))
+  assert loss.nelbo.shape == (6,) and bool(np.all(np.asarray(loss.nelbo) > 0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  sampler = molecules.sampler_config('ancestral', config.sampler, 8)
+  tokens = molecules.generate(graphdef, params, 5, 4, sampler, 2.0, 5, 3, jax.random.key(0), objective='udlm')
+  assert tokens.shape == (5, 4) and tokens.min() >= 0 and tokens.max() < 5
+  with pytest.raises(ValueError, match="a 'udlm' model samples with 'ancestral' only; got sampler 'remdm'"):
+    molecules.generate(graphdef, params, 5, 4, molecules.sampler_config('remdm', config.sampler, 8), None, 5, 3,
+                       jax.random.key(0), objective='udlm')
