@@ -100,6 +100,24 @@ def generate(graphdef, params, vocab_size: int, length: int, config: ml_collecti
   return np.concatenate(out)
 
 
+def model_config(spec: str, base: ml_collections.ConfigDict) -> tuple[str, ml_collections.ConfigDict]:
+  """'WORKDIR' or 'WORKDIR:key=value,...' (dotted config fields the run was trained with, e.g.
+  diffusion.objective=udlm) -> (workdir, the experiment config with them, on one device)."""
+  workdir, _, rest = spec.partition(':')
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.mesh.data, config.mesh.fsdp = 1, 1
+  for item in filter(None, rest.split(',')):
+    key, sep, value = item.partition('=')
+    *parents, leaf = key.split('.')
+    parent = config
+    for name in parents:
+      parent = parent[name] if isinstance(parent, ml_collections.ConfigDict) and name in parent else None
+    if not sep or not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
+      raise ValueError(f'bad model option {item!r} in {spec!r}; give dotted.key=value of an existing config field')
+    parent[leaf] = type(parent[leaf])(value)
+  return workdir, config
+
+
 FIELDS = ('model', 'sampler', 'gamma', 'steps', 'samples', 'valid', 'unique', 'novel', 'mean_property')
 
 
@@ -136,7 +154,8 @@ def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='experiment file (experiments/qm9.py)')
-  parser.add_argument('--workdirs', nargs='+', required=True, help='training workdirs (one model each)')
+  parser.add_argument('--workdirs', nargs='+', required=True,
+                      help="training workdirs, one model each, as WORKDIR or WORKDIR:diffusion.objective=udlm,...")
   parser.add_argument('--samplers', nargs='+', default=['ancestral'])
   parser.add_argument('--gammas', default='1', help='comma-separated D-CFG strengths')
   parser.add_argument('--steps', default='32', help='comma-separated T')
@@ -145,15 +164,16 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
-  config = config_base.load_experiment(args.config)
-  config.mesh.data, config.mesh.fsdp = 1, 1
+  base = config_base.load_experiment(args.config)
+  config = base
   prop = config.data.label if config.data.label != 'none' else 'rings'
   molecules = qm9.load_molecules(config.data.path, config.data.cache_dir)
   train_stop = split_bounds(len(molecules['smiles']), config.data.train_fraction,
                                 config.data.validation_fraction)['train'][1]
   reference = set(molecules['smiles'][:train_stop].tolist())
   rows = []
-  for workdir in args.workdirs:
+  for spec_workdir in args.workdirs:
+    workdir, config = model_config(spec_workdir, base)
     restored = experiment_lib.restore_ema(config, workdir)
     exp = restored.exp
     gammas = [float(g) for g in args.gammas.split(',')] if exp.info.num_classes else [None]

@@ -64,6 +64,9 @@ def test_properties_labels_splits_decode(config, tmp_path):
       seen.append((split, smiles))
   # 10 molecules: train = first 5, validation 2, test 3 of the fixed order; the 20-token chain never fits L = 14
   assert len(seen) == 9 and {s for _, s in seen} == set(canonical) - {'CCCCCCCCCCCCCCCCCCCC'}
+  ids = {t: i for i, t in enumerate(qm9.VOCABULARY)}
+  stray = [ids['C'], ids['O'], 0, ids['N'], 0]  # a sample ends at its first '<pad>'
+  assert info.decode(np.array(stray)) == 'CO' and info.decode(np.array([[0, ids['C']]])).tolist() == ['']
   decoded = info.decode(np.stack([b['x'][0] for b in batches['test']]))
   assert decoded.shape == (len(batches['test']),)
   with pytest.raises(ValueError, match='tokens outside the vocabulary'):

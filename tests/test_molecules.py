@@ -82,3 +82,12 @@ def test_generate_udlm_model():
   with pytest.raises(ValueError, match="a 'udlm' model samples with 'ancestral' only; got sampler 'remdm'"):
     molecules.generate(graphdef, params, 5, 4, molecules.sampler_config('remdm', config.sampler, 8), None, 5, 3,
                        jax.random.key(0), objective='udlm')
+
+
+def test_model_config_specs():
+  base = config_base.get_base_config()
+  workdir, config = molecules.model_config('/tmp/run:diffusion.objective=udlm,model.network.dropout=0.5', base)
+  assert workdir == '/tmp/run' and config.diffusion.objective == 'udlm' and config.model.network.dropout == 0.5
+  assert (config.mesh.data, base.diffusion.objective) == (1, 'md4')
+  with pytest.raises(ValueError, match="bad model option 'diffusion.objectiv=udlm'"):
+    molecules.model_config('/tmp/run:diffusion.objectiv=udlm', base)

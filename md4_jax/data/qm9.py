@@ -13,7 +13,7 @@ The vocabulary is fixed (V = 31): id 0 is the pad token '<pad>', then the sorted
 canonical SMILES (as `vocabulary(load_molecules(None, None)['smiles'])` gives them), so `dataset_info` needs no
 data; a CSV with other tokens is refused when read. Molecules with more than `seq_len` tokens are dropped; shorter
 ones are right-padded with '<pad>'. The pad is a real token the model learns (it also learns where the molecule
-ends); `decode` drops every '<pad>'.
+ends); `decode` keeps the tokens before the first '<pad>' (a sampled sequence ends there).
 
 Labels (num_classes = 2): 'rings': ring count >= its 90th percentile over the whole data set (the ReMDM / Schiff
 et al. 2024 target); 'qed': QED >= its 90th percentile. 'none': unlabelled (num_classes = 0).
@@ -160,8 +160,9 @@ def info(config: ml_collections.ConfigDict) -> DataInfo:
     tokens = np.asarray(tokens)
     if tokens.ndim < 1 or tokens.size and (tokens.min() < 0 or tokens.max() >= len(vocab)):
       raise ValueError(f'cannot decode tokens of shape {tokens.shape}: need [..., L] ids in [0, {len(vocab)})')
-    words = vocab_array[tokens]
-    text = np.array([''.join(w for w in row if w != PAD) for row in words.reshape(-1, tokens.shape[-1])])
+    rows = tokens.reshape(-1, tokens.shape[-1])
+    ends = np.where((rows == 0).any(-1), (rows == 0).argmax(-1), rows.shape[-1])  # the first '<pad>' ends it
+    text = np.array([''.join(vocab_array[row[:end]]) for row, end in zip(rows, ends)])
     return str(text[0]) if tokens.ndim == 1 else text.reshape(tokens.shape[:-1])
 
   def encode(smiles: str) -> np.ndarray:
