@@ -68,7 +68,7 @@ def _diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
 def check_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
   """Raises ValueError if the checkpoint at `step` was written for another model config."""
   saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  diffs = _diff(saved, meta)
+  diffs = _diff(_without_runtime(saved), meta)
   if diffs:
     raise ValueError(f"checkpoint {manager.directory}/{step} belongs to another model config; use another "
                      "--workdir or matching flags. Differences:\n  " + "\n  ".join(diffs))
