@@ -9,11 +9,13 @@ MD4 ancestral (default_config('ancestral'): cosine grid, no top-p) and ReMDM loo
 eta 0.02, t_on 0.55, t_off 0.05, alpha_on 0.9, ReMDM top-p 0.9), all masks at the start, no caching.
 
 Per sampler, the compiled loop is timed on its own (the host-side set-up of `sample`, a few ms, is left out):
-wall time and NFE. The time outside the network (decisions, top-p, draws, bookkeeping) is estimated twice:
-by subtraction, 1 - NFE x (the denoiser, log_softmax of the transformer, per call in a jitted loop of T + 1 calls
-of its own, timed right before and right after the sampler, averaged) / wall; and directly, as the wall time of the same sampler loop with a free denoiser that returns a fixed
-prediction (a random [B, L, V] log-softmax passed in as an argument) over the wall time with the network. Memory is XLA's buffer
-assignment of the compiled sampler (arguments + outputs + temporaries); on a GPU also the device's peak bytes.
+wall time and NFE with the network. The sampler's own work (decisions, top-p, draws, bookkeeping) is timed
+directly, as the same compiled loop with a free denoiser that returns a fixed prediction (a random [B, L, V]
+log-softmax passed in as an argument); the network, as the denoiser (log_softmax of the transformer) per call in a
+jitted loop of its own, right before and right after the sampler run. The share outside the network is
+own / (own + NFE / T x network): on a shared CPU whose load changes from minute to minute, the difference
+"wall with the network - NFE x network" swings by tens of percent either way and is not used. Memory is XLA's
+buffer assignment of the compiled sampler (arguments + outputs + temporaries); on a GPU also the device's peak.
 """
 from __future__ import annotations
 
@@ -101,16 +103,15 @@ def measure(name: str, denoise_fn, batch: int, length: int, vocab: int, steps: i
 
 
 def time_network(denoise_fn, batch: int, length: int, vocab: int, calls: int) -> tuple[float, int | None]:
-  """Seconds per denoiser call inside one jitted loop of `calls` calls on a half-masked input, and one call's
-  XLA memory. t changes each call and each output is written in full to the loop carry, as in the sampler (whose
-  row gathers need the whole prediction), so nothing is hoisted, sliced or fused away."""
+  """Seconds per denoiser call inside one jitted loop of `calls` calls on a half-masked input (t changes each call
+  and the whole output is reduced, so nothing is hoisted or sliced away), and one call's XLA memory."""
   z = jnp.where(jax.random.uniform(jax.random.key(2), (batch, length)) < 0.5, vocab,
                 jax.random.randint(jax.random.key(3), (batch, length), 0, vocab)).astype(jnp.int32)
 
   def calls_in_a_loop(fn, z):
-    def body(i, _):
-      return fn(z, jnp.full((batch,), 1.0 - i / calls, jnp.float32))
-    return jax.lax.fori_loop(0, calls, body, jnp.zeros((batch, length, vocab), jnp.float32))
+    def body(i, acc):
+      return acc + jnp.max(fn(z, jnp.full((batch,), 1.0 - i / calls, jnp.float32)))
+    return jax.lax.fori_loop(0, calls, body, jnp.float32(0))
 
   looped = jax.jit(calls_in_a_loop).lower(denoise_fn, z).compile()
   start = time.perf_counter()
@@ -125,19 +126,19 @@ def gib(value) -> str:
 
 
 def table(results, peak) -> str:
-  lines = ["| sampler | steps | NFE | wall (s) | per step (ms) | network (ms / call) | outside network: "
-           "1 - NFE x network / wall | free-denoiser loop / wall (ms / step) | XLA memory (GiB) | compile (s) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| sampler | steps | NFE | per step with the network (ms) | sampler's own work per step (ms) | "
+           "network per call (ms) | outside the network | XLA memory (GiB) | compile (s) |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in results:
-    network_s = r["network_s"]
-    outside = 1.0 - r["nfe"] * network_s / r["wall_s"]
-    free = r["free_wall_s"] / r["wall_s"]
-    lines.append(f"| {r['name']} | {r['steps']} | {r['nfe']} | {r['wall_s']:.2f} | "
-                 f"{1e3 * r['wall_s'] / r['steps']:.1f} | {1e3 * network_s:.1f} | {100 * outside:.1f}% | "
-                 f"{100 * free:.1f}% ({1e3 * r['free_wall_s'] / r['steps']:.1f}) | {gib(r['bytes'])} | "
-                 f"{r['compile_s']:.1f} |")
-  lines.append(f"\nnetwork = the denoiser per call in a jitted loop of T + 1 calls of its own, the mean of one "
-               f"such loop right before and one right after the sampler run; one call alone needs {gib(results[0]['network_bytes'])} GiB XLA memory"
+    own = r["free_wall_s"] / r["steps"]
+    network = r["nfe"] / r["steps"] * r["network_s"]
+    lines.append(f"| {r['name']} | {r['steps']} | {r['nfe']} | {1e3 * r['wall_s'] / r['steps']:.1f} | "
+                 f"{1e3 * own:.1f} | {1e3 * r['network_s']:.1f} | {100 * own / (own + network):.1f}% | "
+                 f"{gib(r['bytes'])} | {r['compile_s']:.1f} |")
+  lines.append(f"\nsampler's own work = the same compiled loop with a free denoiser (a fixed prediction passed in); "
+               f"network = the denoiser per call in a jitted loop of its own (mean of one loop of T + 1 calls right "
+               f"before and one right after the sampler run); outside the network = own / (own + NFE / T x network). "
+               f"One network call alone needs {gib(results[0]['network_bytes'])} GiB XLA memory"
                + (f"; device peak bytes in use over the whole script: {gib(peak)} GiB." if peak else "."))
   return "\n".join(lines)
 
@@ -181,9 +182,7 @@ def main() -> None:
               f"{args.size} transformer (md4_jax.nn.transformer), B={args.batch}, L={args.length}, "
               f"V={args.vocab}, T={args.steps}, no caching; see the script's docstring for the method. Target: the "
               f"time outside the network at most 10% of a step and B=4 within 2 GiB (the public PyTorch ReMDM code "
-              f"spends 64-95% of each step outside the network at these sizes and peaks near 11 GiB). On a shared "
-              f"CPU whose load changes while the script runs, the free-denoiser column, which times the sampler's "
-              f"own work directly, is the steadier of the two estimates.\n\n")
+              f"spends 64-95% of each step outside the network at these sizes and peaks near 11 GiB).\n\n")
     update_section(args.update, header + body)
 
 
