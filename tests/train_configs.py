@@ -14,12 +14,13 @@ def load_experiment(name: str):
 def tiny_config(num_steps: int = 8, **overrides):
   config = load_experiment("demo")
   config.data.seq_len = 32
-  config.model.network.update(num_layers=1, num_heads=2, width=32)
+  config.model.network.update(num_layers=1, num_heads=2, width=32, time_conditioning=True)
   config.optim.warmup_steps = 2
   config.train.update(num_steps=num_steps, batch_size=16, log_every=2, eval_every=0, eval_batch_size=16,
                       eval_batches=2, sample_every=0, num_samples=2, checkpoint_every=4, keep=10,
                       async_checkpoint=False)
   config.sampler.num_steps = 8
+  config.sampler.cache = False
   config.mesh.data = 1  # one device: fast; the 8-device paths are tested where they matter
   for key, value in overrides.items():
     group, field = key.split(".")
