@@ -16,7 +16,7 @@ from md4_jax import checkpoint, experiment, sample_ancestral, sample_lib, sample
 from md4_jax.data import dataset_info, default_data_config
 from md4_jax.data import text_corpus
 from md4_jax.model import make_model
-from train_configs import ROOT, tiny_config
+from train_configs import ROOT, load_experiment, tiny_config
 
 TINY = os.path.join(ROOT, "tests", "tiny_experiment.py")  # tiny_config() as an experiment file
 STEP = 3
@@ -82,11 +82,13 @@ def test_remdm_binary_defaults_then_overrides():
   assert remdm.sampler.to_dict() == expected.to_dict()
   assert (remdm.mesh.data, remdm.mesh.fsdp) == (-1, 1) and remdm.is_locked
   ancestral = sample_lib.resolve_config(demo, {"sampler.top_p": 0.9}, "ancestral")
-  assert ancestral.sampler.name == "ancestral" and ancestral.sampler.num_steps == 64  # demo.py's T
+  own = load_experiment("demo").sampler  # demo.py's own sampler, with the override applied
+  assert ancestral.sampler.name == "ancestral" and ancestral.sampler.num_steps == own.num_steps
+  assert ancestral.sampler.top_p == 0.9 and ancestral.sampler.cache == own.cache
   assert ancestral.sampler.grid == "cosine" and ancestral.sampler.top_p == 0.9
   # an override of the name applies to the binary's default, not to the experiment's sampler
   named = sample_lib.resolve_config(demo, {"sampler.name": "remdm"}, "ancestral")
-  assert named.sampler.name == "remdm" and named.sampler.num_steps == 64 and named.sampler.grid == "cosine"
+  assert named.sampler.name == "remdm" and named.sampler.num_steps == own.num_steps and named.sampler.grid == "cosine"
   cosine = sample_lib.resolve_config(os.path.join(ROOT, "experiments", "imagenet64.py"), {}, "remdm")
   assert (cosine.sampler.schedule, cosine.sampler.grid, cosine.sampler.num_steps) == ("cosine", "uniform", 1024)
   with pytest.raises(ValueError, match="remdm.eta"):
