@@ -109,7 +109,7 @@ def make_tfds(config: ml_collections.ConfigDict, split: str, *, batch_size: int,
   try:
     source = tfds.data_source(config.tfds_name, split=tfds_split, data_dir=data_dir, download=False)
     num_records = len(source)
-  except Exception as e:  # tfds raises NotImplementedError (not ArrayRecord), AssertionError, ValueError, ...
+  except Exception as e:  # tfds raises a not-implemented error (not ArrayRecord), AssertionError, ValueError, ...
     raise ValueError(f'cannot open split {tfds_split!r} of {config.tfds_name!r} in {data_dir!r} '
                      f'({type(e).__name__}: {e}); {how}') from e
   image_shape, label_key = tuple(config.image_shape), config.label_key
