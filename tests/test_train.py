@@ -121,16 +121,15 @@ def test_gradient_accumulation_averages_microbatches_with_fresh_keys():
   _, accumulated = step(4)
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
-  def micro_grad(i):
+  @jax.jit
+  def micro_grad(params, micro, key):
     def loss(p):
-      model = nnx.merge(graphdef, p)
-      key_loss, key_dropout = jax.random.split(jax.random.fold_in(step_key, i))
-      micro = batch["x"].reshape(4, 4, -1)[i]
-      return model.loss(micro, key_loss, rngs=nnx.Rngs(dropout=key_dropout)).objective
-    return jax.value_and_grad(loss)(state.params)
+      key_loss, key_dropout = jax.random.split(key)
+      return nnx.merge(graphdef, p).loss(micro, key_loss, rngs=nnx.Rngs(dropout=key_dropout)).objective
+    return jax.value_and_grad(loss)(params)
 
-  values, grads = jax.jit(jax.vmap(micro_grad))(jnp.arange(4))
-  grads = [jax.tree.map(lambda g: g[i], grads) for i in range(4)]
+  micros = batch["x"].reshape(4, 4, -1)
+  values, grads = zip(*[micro_grad(state.params, micros[i], jax.random.fold_in(step_key, i)) for i in range(4)])
   mean_grad = jax.tree.map(lambda *g: sum(g) / 4, *grads)
   np.testing.assert_allclose(accumulated["objective"], np.mean(values), rtol=1e-5)
   np.testing.assert_allclose(accumulated["grad_norm"], float(optax_norm(mean_grad)), rtol=1e-4)
