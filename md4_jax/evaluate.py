@@ -140,7 +140,7 @@ def per_example_nats(exp: experiment_lib.Experiment, eval_fn, params, split: str
 def evaluate(exp: experiment_lib.Experiment, eval_fn, params, split: str = "validation") -> dict[str, float]:
   """NELBO in bits per token over `split` (or its first train.eval_batches batches); the training loop's eval."""
   nats = per_example_nats(exp, eval_fn, params, split)
-  return {"eval/bits_per_token": float(diffusion.bits_per_token(nats.mean(), math.prod(exp.info.data_shape))),
+  return {"eval/bits_per_token": float(diffusion.bits_per_token(nats.mean(), exp.tokens_per_example)),
           "eval/examples": float(nats.shape[0])}
 
 
@@ -189,8 +189,9 @@ def nelbo_stats(exp: experiment_lib.Experiment, params, split: str = "validation
   """K-draw NELBO statistics of `split` of data_config (default: the experiment's); 'ar' draws are all equal."""
   eval_fn = make_mc_eval_fn(exp, num_mc_samples, discrete_steps)
   nats = per_example_nats(exp, eval_fn, params, split, data_config, whole_split)
-  info = exp.info if data_config is None else data_lib.dataset_info(data_config)
-  return NelboStats(nats, math.prod(info.data_shape))
+  tokens = (exp.tokens_per_example if data_config is None
+            else math.prod(data_lib.dataset_info(data_config).data_shape))
+  return NelboStats(nats, tokens)
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: str = "validation") -> dict:

@@ -6,6 +6,7 @@ Shared by training, evaluation and sampling, so each restores checkpoints onto t
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Callable
 
@@ -35,6 +36,12 @@ class Experiment:
   abstract_state: train_state_lib.TrainState  # ShapeDtypeStructs
   state_sharding: train_state_lib.TrainState  # NamedShardings, same structure
   init_state: Callable[[], train_state_lib.TrainState]  # jitted: a fresh state, placed
+
+  @property
+  def tokens_per_example(self) -> int:
+    """What bits per token divide by: L (tokens, characters or dimensions), or 1 for a 'classifier' model
+    (whose per-example "NELBO" is the cross-entropy of its one label)."""
+    return 1 if self.config.diffusion.objective == "classifier" else math.prod(self.info.data_shape)
 
   @property
   def params_sharding(self) -> dict:

@@ -20,14 +20,16 @@ from md4_jax import udlm
 from md4_jax.nn import SIZES, make_network
 from md4_jax.schedules import MaskingSchedule, make_schedule
 
-OBJECTIVES = ("md4", "genmd4", "ar", "udlm")  # 'ar': a causal left-to-right baseline / Gen-PPL scorer
-# 'udlm': uniform-noise diffusion (md4_jax/udlm.py), sampled with udlm.sample, not md4_jax.sampling
+OBJECTIVES = ("md4", "genmd4", "ar", "udlm", "classifier")
+# 'ar': a causal left-to-right baseline / Gen-PPL scorer. 'udlm': uniform-noise diffusion (md4_jax/udlm.py),
+# sampled with udlm.sample, not md4_jax.sampling. 'classifier': a noisy property classifier p(y | z_t, t) on
+# MD4-masked inputs (the classifier of D-CBG, md4_jax/guidance.py); its "NELBO" is the cross-entropy of the label.
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """The `config.diffusion` group as a typed value."""
-  objective: str = "md4"       # 'md4' | 'genmd4' | 'ar' | 'udlm'
+  objective: str = "md4"       # one of OBJECTIVES
   schedule: str = "linear"     # a make_schedule name (GenMD4: the per-token poly, this is ignored)
   eps: float = 1e-4
   antithetic: bool = True
@@ -91,6 +93,12 @@ class DiffusionModel(nnx.Module):
     log_probs = self.log_probs(inputs, jnp.zeros(x.shape[:1]), cond, rngs=rngs)  # [B, L, V]
     return diffusion.log_prob_of(log_probs, x)
 
+  def classifier_log_probs(self, z_t: jax.Array, t: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """'classifier' models: log p(y | z_t, t) [B, C]; the network's per-position class logits [B, L, C]
+    averaged over positions (= a linear head on mean-pooled features)."""
+    logits = self.network(z_t, t, None, rngs=rngs).astype(jnp.float32)  # [B, L, C]
+    return jax.nn.log_softmax(jnp.mean(logits, axis=1), axis=-1)
+
   def denoiser(self, cond: jax.Array | None = None, *, rngs: nnx.Rngs | None = None):
     """denoise_fn(z_t, t) for diffusion.py and sampling (cond and dropout bound)."""
     return lambda z_t, t: self.log_probs(z_t, t, cond, rngs=rngs)
@@ -103,6 +111,14 @@ class DiffusionModel(nnx.Module):
     probability (classifier-free guidance training, Ho & Salimans 2022; D-CFG, Schiff et al. 2024).
     """
     c = self.diffusion_config
+    if c.objective == "classifier":
+      if cond is None:
+        raise ValueError("diffusion.objective='classifier' needs labelled data (the dataset has num_classes=0)")
+      key_t, key_mask = jax.random.split(key)
+      t = diffusion.sample_times(key_t, x.shape[0], c.antithetic)  # [B]
+      z_t = diffusion.mask_tokens(key_mask, x, c.masking_schedule.alpha(t), self.vocab_size)
+      nll = -jnp.take_along_axis(self.classifier_log_probs(z_t, t, rngs=rngs), cond[:, None], axis=-1)[:, 0]
+      return Loss(jnp.mean(nll), nll)
     if cond is not None and self.label_dropout > 0:
       key, key_drop = jax.random.split(key)
       drop = jax.random.bernoulli(key_drop, self.label_dropout, cond.shape)  # [B]
@@ -151,6 +167,11 @@ def make_model(config: ml_collections.ConfigDict, info, seed: int) -> DiffusionM
     if config.model.kind != "transformer":
       raise ValueError(f"diffusion.objective='ar' needs model.kind='transformer'; got {config.model.kind!r}")
     kwargs.update(causal=True, time_conditioning=False)
+  if config.diffusion.objective == "classifier":
+    if config.model.kind != "transformer" or not info.num_classes:
+      raise ValueError("diffusion.objective='classifier' needs model.kind='transformer' and labelled data; got "
+                       f"{config.model.kind!r} on data with num_classes={info.num_classes}")
+    kwargs.update(num_outputs=info.num_classes, num_classes=0)  # predicts the label; not conditioned on it
   network = make_network(config.model.kind, kwargs, rngs=rngs)
   vocab_size = info.vocab_size
   return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs,

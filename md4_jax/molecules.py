@@ -2,11 +2,13 @@
 
     python -m md4_jax.molecules --config experiments/qm9.py --workdirs /tmp/md4_qm9 \
         --samplers ancestral "remdm:strategy=rescale,eta=0.9" "remdm:strategy=conf,t_switch=0.5" \
-        --gammas 0,1,2 --steps 32,64 --num_samples 256 --out /tmp/qm9_eval
+        --guidance cfg,cbg --classifier /tmp/qm9_classifier --gammas 0,1,2 --steps 32,64 --seeds 0,1 \
+        --num_samples 256 --out /tmp/qm9_eval
 
-For every (model, sampler, gamma, T) it draws `num_samples` SMILES, guided by D-CFG toward label 1 (property >=
-its 90th percentile; gamma = 0: unconditional, 1: conditional; models without labels run once, gamma '-'), and
-counts with RDKit: valid (parsable, non-empty), unique (distinct canonical SMILES among the valid), novel (unique
+For every (model, sampler, guidance, gamma, T, seed) it draws `num_samples` SMILES steered toward label 1
+(property >= its 90th percentile) by D-CFG (gamma 0: unconditional, 1: conditional; label-conditioned models) or
+D-CBG with a noisy classifier trained by `python -m md4_jax.train --config experiments/qm9_classifier.py` (masked
+models; gamma 0: unguided). A model with neither runs once, gamma '-'. It counts with RDKit: valid (parsable, non-empty), unique (distinct canonical SMILES among the valid), novel (unique
 and not in the training split), and the mean property (`data.label`: ring count or QED) over the novel ones.
 Writes results.csv, results.md (a markdown table) and frontier.png (novel count vs mean property).
 """
@@ -28,7 +30,6 @@ from md4_jax import experiment as experiment_lib
 from md4_jax import guidance
 from md4_jax import sample_writer
 from md4_jax import sampling
-from md4_jax import udlm
 from md4_jax.data import qm9
 from md4_jax.data.interface import split_bounds
 
@@ -79,24 +80,39 @@ def sampler_config(spec: str, experiment_sampler: ml_collections.ConfigDict, num
   return config
 
 
-def generate(graphdef, params, vocab_size: int, length: int, config: ml_collections.ConfigDict,
-             gamma: float | None, num_samples: int, batch_size: int, key: jax.Array, *,
-             objective: str = 'md4') -> np.ndarray:
-  """Token ids int32 [num_samples, L]; gamma None: unguided, else D-CFG toward label 1.
+GUIDANCE = ('cfg', 'cbg')
 
-  objective 'udlm': the uniform-noise ancestral sampler (udlm.sample; config.name must be 'ancestral').
-  """
-  if objective == 'udlm' and config.name != 'ancestral':
-    raise ValueError(f"a 'udlm' model samples with 'ancestral' only; got sampler {config.name!r}")
-  sample_fn = udlm.sample if objective == 'udlm' else sampling.sample
+
+@dataclasses.dataclass(frozen=True)
+class Guide:
+  """How samples are steered toward label 1: kind 'none' (unguided), 'cfg' (D-CFG of a label-conditioned model)
+  or 'cbg' (D-CBG with a noisy classifier, `classifier` = its (graphdef, params)), with strength gamma."""
+  kind: str
+  gamma: float = 0.0
+  classifier: tuple | None = None
+
+  def denoiser(self, graphdef, params, batch_size: int) -> jax.tree_util.Partial:
+    uncond = sample_writer.denoiser(graphdef, params)
+    if self.kind == 'none':
+      return uncond
+    if self.kind == 'cbg':
+      return guidance.cbg_denoiser(uncond, sample_writer.classifier(*self.classifier), 1, self.gamma)
+    cond = sample_writer.denoiser(graphdef, params, jnp.ones((batch_size,), jnp.int32))
+    # gamma = 1 is the conditional model itself: one network call per step instead of two
+    return cond if self.gamma == 1 else guidance.cfg_denoiser(cond, uncond, self.gamma)
+
+
+def generate(graphdef, params, vocab_size: int, length: int, config: ml_collections.ConfigDict,
+             guide: Guide, num_samples: int, batch_size: int, key: jax.Array, *,
+             objective: str = 'md4') -> np.ndarray:
+  """Token ids int32 [num_samples, L] from the model `graphdef, params` (trained with `objective`) under `guide`."""
   out = []
   for index, first in enumerate(range(0, num_samples, batch_size)):
     size = min(batch_size, num_samples - first)
-    uncond = sample_writer.denoiser(graphdef, params)
-    denoise_fn = uncond if gamma is None else guidance.cfg_denoiser(
-        sample_writer.denoiser(graphdef, params, jnp.ones((size,), jnp.int32)), uncond, gamma)
+    denoise_fn = guide.denoiser(graphdef, params, size)
     z_init = jnp.full((size, length), vocab_size, jnp.int32)
-    out.append(np.asarray(sample_fn(denoise_fn, jax.random.fold_in(key, index), z_init, config)))
+    tokens, _ = sample_writer.draw(objective, denoise_fn, jax.random.fold_in(key, index), z_init, config)
+    out.append(np.asarray(tokens))
   return np.concatenate(out)
 
 
@@ -118,7 +134,8 @@ def model_config(spec: str, base: ml_collections.ConfigDict) -> tuple[str, ml_co
   return workdir, config
 
 
-FIELDS = ('model', 'sampler', 'gamma', 'steps', 'samples', 'valid', 'unique', 'novel', 'mean_property')
+FIELDS = ('model', 'sampler', 'guidance', 'gamma', 'steps', 'seed', 'samples', 'valid', 'unique', 'novel',
+          'mean_property')
 
 
 def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
@@ -137,10 +154,11 @@ def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6, 4.5))
-  for series in sorted({(r['model'], r['sampler']) for r in rows}):
-    points = [r for r in rows if (r['model'], r['sampler']) == series and r['novel'] > 0]
+  for series in sorted({(r['model'], r['sampler'], r['guidance'], r['seed']) for r in rows}):
+    points = [r for r in rows if (r['model'], r['sampler'], r['guidance'], r['seed']) == series and r['novel'] > 0]
     if points:
-      ax.plot([r['novel'] for r in points], [r['mean_property'] for r in points], 'o-', label=' '.join(series))
+      ax.plot([r['novel'] for r in points], [r['mean_property'] for r in points], 'o-',
+              label=' '.join(str(v) for v in series))
       for r in points:
         ax.annotate(f"g{r['gamma']} T{r['steps']}", (r['novel'], r['mean_property']), fontsize=6)
   ax.set_xlabel('novel molecules')
@@ -151,48 +169,82 @@ def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
   plt.close(fig)
 
 
+def _guides(exp, names: list[str], gammas: list[float], classifier) -> list[Guide]:
+  """The guides a model supports among `names`: D-CFG needs a label-conditioned model, D-CBG a masked model
+  (its classifier reads MD4-masked inputs) and a classifier; a model with neither runs once unguided."""
+  guides = []
+  if 'cfg' in names and exp.info.num_classes:
+    guides += [Guide('cfg', g) for g in gammas]
+  if 'cbg' in names and exp.config.diffusion.objective in ('md4', 'genmd4'):
+    guides += [Guide('cbg', g, classifier) for g in gammas]
+  return guides or [Guide('none')]
+
+
+def load_classifier(config: ml_collections.ConfigDict, workdir: str, label: str) -> tuple:
+  """(graphdef, EMA params) of the 'classifier' run of `config` in `workdir`, checked to predict `label`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.mesh.data, config.mesh.fsdp = 1, 1
+  if config.diffusion.objective != 'classifier':
+    raise ValueError(f"the classifier config trains diffusion.objective={config.diffusion.objective!r}; D-CBG "
+                     "needs a 'classifier' run (experiments/qm9_classifier.py)")
+  if config.data.label != label:
+    raise ValueError(f'the classifier predicts data.label={config.data.label!r} but the models target {label!r}')
+  restored = experiment_lib.restore_ema(config, workdir)
+  return restored.exp.graphdef, restored.params
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='experiment file (experiments/qm9.py)')
   parser.add_argument('--workdirs', nargs='+', required=True,
                       help="training workdirs, one model each, as WORKDIR or WORKDIR:diffusion.objective=udlm,...")
   parser.add_argument('--samplers', nargs='+', default=['ancestral'])
-  parser.add_argument('--gammas', default='1', help='comma-separated D-CFG strengths')
+  parser.add_argument('--guidance', default='cfg', help=f'comma-separated, of: {", ".join(GUIDANCE)}')
+  parser.add_argument('--classifier', help="workdir of a 'classifier' run (needed by --guidance cbg)")
+  parser.add_argument('--classifier_config', default='experiments/qm9_classifier.py')
+  parser.add_argument('--gammas', default='1', help='comma-separated guidance strengths')
   parser.add_argument('--steps', default='32', help='comma-separated T')
+  parser.add_argument('--seeds', default='0', help='comma-separated sampling seeds')
   parser.add_argument('--num_samples', type=int, default=256)
   parser.add_argument('--batch_size', type=int, default=256)
-  parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
+  names = list(filter(None, args.guidance.split(',')))
+  for name in names:
+    if name not in GUIDANCE:
+      parser.error(f'unknown --guidance {name!r}; valid: {", ".join(GUIDANCE)}')
+  if 'cbg' in names and not args.classifier:
+    parser.error('--guidance cbg needs --classifier WORKDIR (a run of experiments/qm9_classifier.py)')
   base = config_base.load_experiment(args.config)
-  config = base
-  prop = config.data.label if config.data.label != 'none' else 'rings'
-  molecules = qm9.load_molecules(config.data.path, config.data.cache_dir)
-  train_stop = split_bounds(len(molecules['smiles']), config.data.train_fraction,
-                                config.data.validation_fraction)['train'][1]
+  prop = base.data.label if base.data.label != 'none' else 'rings'
+  classifier = (load_classifier(config_base.load_experiment(args.classifier_config), args.classifier, prop)
+                if 'cbg' in names else None)
+  molecules = qm9.load_molecules(base.data.path, base.data.cache_dir)
+  train_stop = split_bounds(len(molecules['smiles']), base.data.train_fraction,
+                            base.data.validation_fraction)['train'][1]
   reference = set(molecules['smiles'][:train_stop].tolist())
+  gammas = [float(g) for g in args.gammas.split(',')]
   rows = []
   for spec_workdir in args.workdirs:
     workdir, config = model_config(spec_workdir, base)
     restored = experiment_lib.restore_ema(config, workdir)
     exp = restored.exp
-    gammas = [float(g) for g in args.gammas.split(',')] if exp.info.num_classes else [None]
     objective = exp.config.diffusion.objective
     for spec in args.samplers:
       if objective == 'udlm' and spec.partition(':')[0] != 'ancestral':
         continue  # ReMDM samplers are for masked models
       for steps in [int(s) for s in args.steps.split(',')]:
         sampler = sampler_config(spec, config.sampler, steps)
-        for gamma in gammas:
-          tokens = generate(exp.graphdef, restored.params, exp.info.vocab_size,
-                            exp.info.data_shape[0], sampler, gamma, args.num_samples, args.batch_size,
-                            jax.random.key(args.seed), objective=objective)
-          s = score(list(exp.info.decode(tokens)), reference, prop)
-          rows.append(dict(model=os.path.basename(os.path.normpath(workdir)), sampler=f'{objective}:{spec}',
-                           gamma='-' if gamma is None else gamma, steps=steps, samples=args.num_samples,
-                           **dataclasses.asdict(s)))
-          print(rows[-1], file=sys.stderr, flush=True)
-  write_outputs(rows, args.out, prop)
+        for guide in _guides(exp, names, gammas, classifier):
+          for seed in [int(s) for s in args.seeds.split(',')]:
+            tokens = generate(exp.graphdef, restored.params, exp.info.vocab_size, exp.info.data_shape[0], sampler,
+                              guide, args.num_samples, args.batch_size, jax.random.key(seed), objective=objective)
+            s = score(list(exp.info.decode(tokens)), reference, prop)
+            rows.append(dict(model=os.path.basename(os.path.normpath(workdir)), sampler=f'{objective}:{spec}',
+                             guidance=guide.kind, gamma='-' if guide.kind == 'none' else guide.gamma, steps=steps,
+                             seed=seed, samples=args.num_samples, **dataclasses.asdict(s)))
+            print(rows[-1], file=sys.stderr, flush=True)
+            write_outputs(rows, args.out, prop)  # after every row: a crash keeps what was measured
   print(open(os.path.join(args.out, 'results.md')).read())
   return 0
 

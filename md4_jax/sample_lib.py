@@ -146,8 +146,8 @@ def generate(restored: Restored, sampler_config: ml_collections.ConfigDict, z_in
   Returns (tokens int32 [N, *data_shape], {'nfe': denoiser calls per batch (mean), 'wall_s', 'batches'}).
   """
   exp = restored.exp
-  if exp.config.diffusion.objective == "ar":
-    raise ValueError("this checkpoint is an 'ar' model (a Gen-PPL scorer); the diffusion samplers do not apply")
+  objective = exp.config.diffusion.objective
+  sample_writer.check_samplable(objective, sampler_config.name)
   _check_batch_size(batch_size, exp.mesh.size)
   if label is not None and not 0 <= label < exp.info.num_classes:
     raise ValueError(f"label={label} is not a class of this dataset; valid: "
@@ -164,8 +164,8 @@ def generate(restored: Restored, sampler_config: ml_collections.ConfigDict, z_in
     for index, first in enumerate(range(0, num_samples, batch_size)):
       chunk = np.asarray(z_init[first:first + batch_size], np.int32)
       padded = np.concatenate([chunk, np.full((batch_size - len(chunk),) + chunk.shape[1:], mask_id, np.int32)])
-      tokens, stats = sampling.sample(denoise_fn, jax.random.fold_in(key, index), place(padded), sampler_config,
-                                      genmd4_w=genmd4_w, return_stats=True)
+      tokens, stats = sample_writer.draw(objective, denoise_fn, jax.random.fold_in(key, index), place(padded),
+                                         sampler_config, genmd4_w=genmd4_w)
       out.append(_to_host(tokens)[:len(chunk)])
       nfe.append(int(stats["nfe"]))
       if progress and jax.process_index() == 0:

@@ -12,6 +12,28 @@ import numpy as np
 from flax import nnx
 
 from md4_jax import sampling
+from md4_jax import udlm
+
+NOT_GENERATIVE = {"ar": "an 'ar' model (a Gen-PPL scorer)", "classifier": "a noisy property classifier (for D-CBG)"}
+
+
+def check_samplable(objective: str, sampler_name: str) -> None:
+  """ValueError unless a model trained with `objective` can be sampled by sampler `sampler_name`."""
+  if objective in NOT_GENERATIVE:
+    raise ValueError(f"this checkpoint is {NOT_GENERATIVE[objective]}; the diffusion samplers do not apply")
+  if objective == "udlm" and sampler_name != "ancestral":
+    raise ValueError(f"a 'udlm' (uniform-noise) model samples with sampler.name='ancestral' only; got "
+                     f"{sampler_name!r}")
+
+
+def draw(objective: str, denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections.ConfigDict, *,
+         genmd4_w: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """(tokens int32 like z_init, {'nfe': denoiser calls}) from the sampler of a model trained with `objective`:
+  md4_jax.sampling for masked models, udlm.sample (T calls) for uniform-noise ones."""
+  check_samplable(objective, config.name)
+  if objective == "udlm":
+    return udlm.sample(denoise_fn, key, z_init, config), {"nfe": jnp.asarray(config.num_steps)}
+  return sampling.sample(denoise_fn, key, z_init, config, genmd4_w=genmd4_w, return_stats=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,18 +50,31 @@ def denoiser(graphdef, params, cond: jax.Array | None = None) -> jax.tree_util.P
   return jax.tree_util.Partial(_denoise_fn_of(graphdef), params, cond)
 
 
+@functools.lru_cache(maxsize=None)
+def _classifier_fn_of(graphdef):
+  def classify(params, z_t, t):
+    return nnx.merge(graphdef, params).classifier_log_probs(z_t, t)
+  return classify
+
+
+def classifier(graphdef, params) -> jax.tree_util.Partial:
+  """A 'classifier' model's log p(y | z_t, t) [B, C] as a function of (z_t [B, L], t [B]), params traced."""
+  return jax.tree_util.Partial(_classifier_fn_of(graphdef), params)
+
+
 def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init: np.ndarray,
              key: jax.Array) -> np.ndarray:
   """Fills the masks (id V) of z_init int [B, *data_shape]; returns int32 tokens of the same shape."""
   model = nnx.merge(graphdef, params)
-  return np.asarray(sampling.sample(denoiser(graphdef, params), key, jnp.asarray(z_init, jnp.int32),
-                                    sampler_config, genmd4_w=model.genmd4_w))
+  tokens, _ = draw(model.diffusion_config.objective, denoiser(graphdef, params), key,
+                   jnp.asarray(z_init, jnp.int32), sampler_config, genmd4_w=model.genmd4_w)
+  return np.asarray(tokens)
 
 
 def write_training_samples(graphdef, params, config, info, workdir: str, step: int) -> str | None:
   """Writes config.train.num_samples samples to workdir/samples/step_<step>.txt (text) or .npy (images)."""
-  if config.diffusion.objective == "ar":
-    return None  # 'ar' models are likelihood / Gen-PPL scorers here; the diffusion samplers do not apply
+  if config.diffusion.objective in NOT_GENERATIVE:
+    return None  # scorers and classifiers: nothing to sample
   key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
   z_init = np.full((config.train.num_samples,) + tuple(info.data_shape), info.vocab_size, np.int32)
   tokens = generate(graphdef, params, config.sampler, z_init, key)

@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _raise_if_nonfinite(state, manager)
           scalars = {f"train/{k}": float(v) / count for k, v in sums.items()}
           scalars["train/bits_per_token"] = float(
-              bits_per_token(scalars["train/nelbo"], math.prod(exp.info.data_shape)))
+              bits_per_token(scalars["train/nelbo"], exp.tokens_per_example))
           scalars["train/lr"] = float(optim.learning_rate_schedule(config.optim, config.train.num_steps)(step))
           rate = writer.progress(step, {"loss": scalars["train/objective"], "bpt": scalars["train/bits_per_token"]})
           if rate:

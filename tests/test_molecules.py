@@ -44,7 +44,8 @@ def test_sampler_config_specs():
 
 def test_write_outputs(tmp_path):
   pytest.importorskip('matplotlib')
-  rows = [dict(model='m', sampler=s, gamma=g, steps=32, samples=8, valid=7, unique=6, novel=n, mean_property=p)
+  rows = [dict(model='m', sampler=s, guidance='cfg', gamma=g, steps=32, seed=0, samples=8, valid=7, unique=6,
+               novel=n, mean_property=p)
           for s, g, n, p in [('ancestral', 1.0, 5, 1.5), ('ancestral', 2.0, 3, 2.0), ('remdm', 1.0, 0, float('nan'))]]
   molecules.write_outputs(rows, str(tmp_path), 'rings')
   with open(tmp_path / 'results.csv') as f:
@@ -52,7 +53,8 @@ def test_write_outputs(tmp_path):
   assert [(r['sampler'], r['novel'], r['mean_property']) for r in read] == [
       ('ancestral', '5', '1.5'), ('ancestral', '3', '2.0'), ('remdm', '0', 'nan')]
   table = (tmp_path / 'results.md').read_text().splitlines()
-  assert table[0].startswith('| model | sampler | gamma') and table[2] == '| m | ancestral | 1.000 | 32 | 8 | 7 | 6 | 5 | 1.500 |'
+  assert table[0].startswith('| model | sampler | guidance | gamma')
+  assert table[2] == '| m | ancestral | cfg | 1.000 | 32 | 0 | 8 | 7 | 6 | 5 | 1.500 |'
   assert (tmp_path / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
@@ -62,8 +64,8 @@ def test_generate_guided_and_unguided():
   info = DataInfo(vocab_size=5, data_shape=(4,), num_classes=2, decode=lambda x: x)
   graphdef, params = nnx.split(make_model(config, info, 0), nnx.Param)
   sampler = molecules.sampler_config('remdm:strategy=rescale,eta=0.5', config.sampler, 8)
-  for gamma in (None, 2.0):
-    tokens = molecules.generate(graphdef, params, 5, 4, sampler, gamma, 5, 3, jax.random.key(0))
+  for guide in (molecules.Guide('none'), molecules.Guide('cfg', 2.0), molecules.Guide('cfg', 1.0)):
+    tokens = molecules.generate(graphdef, params, 5, 4, sampler, guide, 5, 3, jax.random.key(0))
     assert tokens.shape == (5, 4) and tokens.min() >= 0 and tokens.max() < 5
 
 
@@ -77,11 +79,13 @@ def test_generate_udlm_model():
   assert loss.nelbo.shape == (6,) and bool(np.all(np.asarray(loss.nelbo) > 0))
   graphdef, params = nnx.split(model, nnx.Param)
   sampler = molecules.sampler_config('ancestral', config.sampler, 8)
-  tokens = molecules.generate(graphdef, params, 5, 4, sampler, 2.0, 5, 3, jax.random.key(0), objective='udlm')
+  tokens = molecules.generate(graphdef, params, 5, 4, sampler, molecules.Guide('cfg', 2.0), 5, 3,
+                              jax.random.key(0), objective='udlm')
   assert tokens.shape == (5, 4) and tokens.min() >= 0 and tokens.max() < 5
-  with pytest.raises(ValueError, match="a 'udlm' model samples with 'ancestral' only; got sampler 'remdm'"):
-    molecules.generate(graphdef, params, 5, 4, molecules.sampler_config('remdm', config.sampler, 8), None, 5, 3,
-                       jax.random.key(0), objective='udlm')
+  with pytest.raises(ValueError, match="a 'udlm' .uniform-noise. model samples with sampler.name='ancestral' only; "
+                                       "got 'remdm'"):
+    molecules.generate(graphdef, params, 5, 4, molecules.sampler_config('remdm', config.sampler, 8),
+                       molecules.Guide('none'), 5, 3, jax.random.key(0), objective='udlm')
 
 
 def test_model_config_specs():

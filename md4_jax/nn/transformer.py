@@ -21,6 +21,7 @@ from md4_jax.nn import embeddings
 from md4_jax.nn import layers
 
 TRANSFORMER_SIZES = {
+    "micro": dict(num_layers=2, num_heads=2, width=64),  # D-CBG classifiers (evaluated L x V times per step)
     "tiny": dict(num_layers=4, num_heads=4, width=128),
     "small": dict(num_layers=12, num_heads=12, width=768),    # MD4-S
     "medium": dict(num_layers=24, num_heads=16, width=1024),  # MD4-M
@@ -44,6 +45,7 @@ class TransformerConfig:
   remat: bool = False  # jax.checkpoint around each block
   rope_theta: float = 1e4
   attention: str = "auto"  # 'auto' (cuDNN on GPU for bf16) | 'xla' | 'cudnn'
+  num_outputs: int = 0  # head width; 0 = vocab_size (a noisy property classifier: its number of classes)
 
   def __post_init__(self):
     checks.check_positive(vocab_size=self.vocab_size, num_layers=self.num_layers,
@@ -58,6 +60,8 @@ class TransformerConfig:
       raise ValueError(f"num_classes must be >= 0; got {self.num_classes}")
     checks.check_choice("dtype", self.dtype, tuple(checks.DTYPES))
     checks.check_choice("attention", self.attention, checks.ATTENTION_IMPLS)
+    if self.num_outputs < 0:
+      raise ValueError(f"num_outputs must be >= 0 (0 = vocab_size); got {self.num_outputs}")
     if self.rope_theta <= 0:
       raise ValueError(f"rope_theta must be > 0; got {self.rope_theta}")
 
@@ -93,7 +97,7 @@ class Transformer(nnx.Module):
             causal=c.causal, mlp_init_scale=2.0 / c.num_layers, dtype=dtype,
             attention=c.attention, rngs=rngs)
         for _ in range(c.num_layers)])
-    self.final = blocks.FinalLayer(c.width, c.vocab_size, cond_dim=c.cond_dim,
+    self.final = blocks.FinalLayer(c.width, c.num_outputs or c.vocab_size, cond_dim=c.cond_dim,
                                    out_name=axes.VOCAB, dtype=dtype, rngs=rngs)
 
   def __call__(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
