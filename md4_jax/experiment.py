@@ -48,9 +48,17 @@ class Experiment:
     return self.state_sharding.params
 
   def global_batch(self, local: dict) -> dict:
-    """This process's numpy batch -> global jax arrays split over the mesh."""
+    """This process's numpy batch -> global int32 jax arrays split over the mesh."""
     batch_sharding = sharding.batch_sharding(self.mesh)
-    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in local.items()}
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v, np.int32))
+            for k, v in local.items()}
+
+  def abstract_batch(self, batch_size: int) -> dict:
+    """The shapes and dtypes of `global_batch` for a global batch of `batch_size` examples."""
+    batch = {"x": jax.ShapeDtypeStruct((batch_size,) + tuple(self.info.data_shape), np.int32)}
+    if self.info.num_classes:
+      batch["label"] = jax.ShapeDtypeStruct((batch_size,), np.int32)
+    return batch
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
