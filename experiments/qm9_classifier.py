@@ -4,7 +4,7 @@
 
 Trained by the same loop on the same data as experiments/qm9.py: each molecule masked as MD4 masks it at a random
 t (linear schedule), the label (ring count >= its 90th percentile; `--config.data.label=qed` for QED) predicted by
-a micro transformer (2 layers, width 64) with adaLN time conditioning and mean-pooled class logits. Small on
+a micro transformer (1 layer, width 32) with adaLN time conditioning and mean-pooled class logits. Small on
 purpose: full D-CBG evaluates it on every candidate token at every position, L x V = 32 x 31 sequences per
 sampled molecule per step. Its validation "bits per token" is the label's cross-entropy in bits.
 """

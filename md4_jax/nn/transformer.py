@@ -21,7 +21,7 @@ from md4_jax.nn import embeddings
 from md4_jax.nn import layers
 
 TRANSFORMER_SIZES = {
-    "micro": dict(num_layers=2, num_heads=2, width=64),  # D-CBG classifiers (evaluated L x V times per step)
+    "micro": dict(num_layers=1, num_heads=2, width=32),  # D-CBG classifiers (evaluated L x V times per step)
     "tiny": dict(num_layers=4, num_heads=4, width=128),
     "small": dict(num_layers=12, num_heads=12, width=768),    # MD4-S
     "medium": dict(num_layers=24, num_heads=16, width=1024),  # MD4-M
