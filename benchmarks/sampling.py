@@ -74,7 +74,7 @@ def run_compiled(name: str, denoise_fn, z_init, vocab: int, steps: int, repeats:
   plan = loop.make_plan(frozen)
   static = loop.make_static(frozen, plan, vocab, z_init.size, False)
   start = time.perf_counter()
-  compiled = loop.run_jit.lower(denoise_fn, jax.random.key(0), z_init, plan, None, static=static).compile()
+  compiled = loop.run_jit.lower(denoise_fn, jax.random.key(0), z_init, plan, None, None, static=static).compile()
   compile_s = time.perf_counter() - start
   walls, nfes = [], []
   for r in range(repeats):

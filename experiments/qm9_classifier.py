@@ -5,8 +5,8 @@
 Trained by the same loop on the same data as experiments/qm9.py: each molecule masked as MD4 masks it at a random
 t (linear schedule), the label (ring count >= its 90th percentile; `--config.data.label=qed` for QED) predicted by
 a micro transformer (1 layer, width 32) with adaLN time conditioning and mean-pooled class logits. Small on
-purpose: full D-CBG evaluates it on every candidate token at every position, L x V = 32 x 31 sequences per
-sampled molecule per step. Its validation "bits per token" is the label's cross-entropy in bits.
+purpose: full D-CBG evaluates it on every candidate token (V = 31 sequences) of every position where a token is
+drawn (md4_jax.guidance.cbg_guide). Its validation "bits per token" is the label's cross-entropy in bits.
 """
 
 from md4_jax import config_base

@@ -91,15 +91,16 @@ class Guide:
   gamma: float = 0.0
   classifier: tuple | None = None
 
-  def denoiser(self, graphdef, params, batch_size: int) -> jax.tree_util.Partial:
+  def denoiser(self, graphdef, params, batch_size: int) -> tuple[jax.tree_util.Partial, jax.tree_util.Partial | None]:
+    """(denoise_fn, guide) for `sampling.sample(denoise_fn, ..., guide=guide)`."""
     uncond = sample_writer.denoiser(graphdef, params)
     if self.kind == 'none':
-      return uncond
-    if self.kind == 'cbg':
-      return guidance.cbg_denoiser(uncond, sample_writer.classifier(*self.classifier), 1, self.gamma)
+      return uncond, None
+    if self.kind == 'cbg':  # the classifier runs only where tokens are drawn (guidance.cbg_guide)
+      return uncond, guidance.cbg_guide(sample_writer.classifier(*self.classifier), 1, self.gamma)
     cond = sample_writer.denoiser(graphdef, params, jnp.ones((batch_size,), jnp.int32))
     # gamma = 1 is the conditional model itself: one network call per step instead of two
-    return cond if self.gamma == 1 else guidance.cfg_denoiser(cond, uncond, self.gamma)
+    return (cond if self.gamma == 1 else guidance.cfg_denoiser(cond, uncond, self.gamma)), None
 
 
 def generate(graphdef, params, vocab_size: int, length: int, config: ml_collections.ConfigDict,
@@ -109,9 +110,10 @@ def generate(graphdef, params, vocab_size: int, length: int, config: ml_collecti
   out = []
   for index, first in enumerate(range(0, num_samples, batch_size)):
     size = min(batch_size, num_samples - first)
-    denoise_fn = guide.denoiser(graphdef, params, size)
+    denoise_fn, row_guide = guide.denoiser(graphdef, params, size)
     z_init = jnp.full((size, length), vocab_size, jnp.int32)
-    tokens, _ = sample_writer.draw(objective, denoise_fn, jax.random.fold_in(key, index), z_init, config)
+    tokens, _ = sample_writer.draw(objective, denoise_fn, jax.random.fold_in(key, index), z_init, config,
+                                   guide=row_guide)
     out.append(np.asarray(tokens))
   return np.concatenate(out)
 

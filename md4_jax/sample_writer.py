@@ -27,13 +27,15 @@ def check_samplable(objective: str, sampler_name: str) -> None:
 
 
 def draw(objective: str, denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections.ConfigDict, *,
-         genmd4_w: jax.Array | None = None) -> tuple[jax.Array, dict]:
+         genmd4_w: jax.Array | None = None, guide=None) -> tuple[jax.Array, dict]:
   """(tokens int32 like z_init, {'nfe': denoiser calls}) from the sampler of a model trained with `objective`:
-  md4_jax.sampling for masked models, udlm.sample (T calls) for uniform-noise ones."""
+  md4_jax.sampling for masked models (with its `guide`), udlm.sample (T calls) for uniform-noise ones."""
   check_samplable(objective, config.name)
   if objective == "udlm":
+    if guide is not None:
+      raise ValueError("a guide (D-CBG on masked inputs) does not apply to a 'udlm' model")
     return udlm.sample(denoise_fn, key, z_init, config), {"nfe": jnp.asarray(config.num_steps)}
-  return sampling.sample(denoise_fn, key, z_init, config, genmd4_w=genmd4_w, return_stats=True)
+  return sampling.sample(denoise_fn, key, z_init, config, genmd4_w=genmd4_w, return_stats=True, guide=guide)
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,13 +27,17 @@ def validate_config(config: ml_collections.ConfigDict) -> SamplerConfig:
 
 
 def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections.ConfigDict, *,
-           genmd4_w: jax.Array | None = None, return_stats: bool = False):
+           genmd4_w: jax.Array | None = None, return_stats: bool = False, guide=None):
   """Generates the masked positions of z_init [B, ...] (int, mask id V); returns int32 tokens shaped like z_init.
 
   Tokens of z_init other than V are fixed: they are never changed, also under remasking (all masks =
   unconditional; anything else = prefix or infilling). The whole run is one jitted `lax.scan`.
   genmd4_w: [V] per-token exponents w of a GenMD4 state-dependent schedule alpha_{t,v} = 1 - t^{w_v} (eps-shifted;
   replaces config.schedule; name must be 'ancestral'; md4.md §2.9).
+  guide: None, or a `jax.tree_util.Partial` guide(z_t [B, N] int32, t [B] float32, idx [K] int32, V) -> [K, V]
+  float32 log-weights added to the prediction only at the flat positions idx = b * N + n where a token is drawn
+  (guidance.cbg_guide: D-CBG at the cost of the drawn positions, not of all L; data [B, N] only; not with
+  genmd4_w).
   return_stats: also return a dict with 'nfe' (denoiser calls), 'num_masked' [T] and 'num_remasked' [T] (masks
   after, and remasks in, each step, summed over the batch) and 'num_steps'.
   """
@@ -60,12 +64,18 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
       raise ValueError(f"genmd4_w must have shape ({vocab_size},); got {genmd4_w.shape}")
     if not isinstance(genmd4_w, jax.core.Tracer) and not bool(jnp.all(genmd4_w > 0)):
       raise ValueError("genmd4_w must be > 0 everywhere")
+  if guide is not None:
+    if genmd4_w is not None or z_init.ndim != 2:
+      raise ValueError("guide needs sequence data z_init [B, N] and no genmd4_w (use guidance.cbg_denoiser there); "
+                       f"got z_init of shape {z_init.shape}" + (" and genmd4_w" if genmd4_w is not None else ""))
+    if not isinstance(guide, jax.tree_util.Partial):
+      guide = jax.tree_util.Partial(guide)
   plan = make_plan(static_config)
   if (plan.t.shape[0] + 2) * (z_init.size // z_init.shape[0]) >= 2**32:
     raise ValueError(f"(steps + 2) * positions per example must stay below 2^32 (random counters); got "
                      f"{plan.t.shape[0]} steps and {z_init.size // z_init.shape[0]} positions")
   static = make_static(static_config, plan, vocab_size, z_init.size, genmd4_w is not None)
-  tokens, stats = run_jit(denoise_fn, key, z_init, plan, genmd4_w, static=static)
+  tokens, stats = run_jit(denoise_fn, key, z_init, plan, genmd4_w, guide, static=static)
   if not return_stats:
     return tokens
   return tokens, dict(stats, num_steps=int(plan.t.shape[0]))

@@ -144,12 +144,14 @@ def race(log_w: jax.Array, bits: jax.Array) -> jax.Array:
   return (group * size + jnp.argmax(inside - log_e[:, groups:], axis=-1)).astype(jnp.int32)
 
 
-def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None):
+def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None, row_bias=None):
   """Fresh clocks, and tokens drawn from log_w, at the fired positions only.
 
   fired [M] bool, clocks [M] float32, log_w [M, V] log-weights or None (clocks only); M = B * N row-major over
   the examples, seeds [B, 2] (`row_seeds`). Position idx uses `position_words`: two words for its clock,
-  2 (G + C) for its race. `transform` maps gathered rows [K, V] -> log-weights (temperature, top-p); None uses them as they are.
+  2 (G + C) for its race. row_bias(idx [K]) -> [K, V] log-weights added to the gathered rows first (guidance
+  computed only where a token is drawn), or None. `transform` then maps the rows [K, V] -> log-weights
+  (temperature, top-p); None uses them as they are.
   Returns clocks [M], tokens [M] int32 and the drawn token's probability under the transformed, normalised row,
   probs [M] float32 (tokens and probs 0 where not fired).
   """
@@ -165,6 +167,8 @@ def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None):
     if log_w is None:
       return clocks, tokens, probs
     rows = log_w[safe]  # [K, V]
+    if row_bias is not None:
+      rows = rows + row_bias(safe)
     if transform is not None:
       rows = transform(rows)
     tok = race(rows, bits[:, 1:])
@@ -173,3 +177,14 @@ def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None):
 
   init = (clocks, jnp.zeros((m,), jnp.int32), jnp.zeros((m,), jnp.float32))
   return for_selected(fired, capacity, body, init)
+
+
+def argmax_at(select, log_w, capacity: int, row_bias):
+  """argmax over V of log_w [M, V] + row_bias(idx [K]) [K, V] at the selected positions select [M]; int32 [M]."""
+  m = log_w.shape[0]
+
+  def body(idx, tokens):
+    safe = jnp.minimum(idx, m - 1)
+    return tokens.at[idx].set(jnp.argmax(log_w[safe] + row_bias(safe), axis=-1).astype(jnp.int32), mode="drop")
+
+  return for_selected(select, capacity, body, jnp.zeros((m,), jnp.int32))

@@ -113,8 +113,12 @@ def _transform(static: Static):
   return transform
 
 
-def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
-  """Samples from z_init [B, ...] (mask id V where to generate); returns (z [B, ...] int32, stats)."""
+def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, static: Static):
+  """Samples from z_init [B, ...] (mask id V where to generate); returns (z [B, ...] int32, stats).
+
+  guide: None, or guide(z [B, N], t [B], idx [K], V) -> [K, V] log-weights added to the prediction at the flat
+  positions idx where a token is drawn (`sampling.sample`).
+  """
   mask_id, capacity = static.vocab_size, static.capacity
   batch, shape, m = z_init.shape[0], z_init.shape, z_init.size
   num_steps = plan.t.shape[0]
@@ -132,10 +136,15 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
     logp = jax.lax.cond(valid, lambda: state.cache, lambda: denoise_fn(state.z, t_batch).astype(jnp.float32))
     return logp, state.replace(nfe=state.nfe + (~valid).astype(jnp.int32), cache=logp, cache_z=state.z)
 
-  def redraw(fired, clock, log_w, step, rows_transform):
+  def bias_at(z, t):
+    """The guide's row_bias for tokens drawn from z at time t, or None without a guide."""
+    t_batch = jnp.full((batch,), t, jnp.float32)
+    return None if guide is None else lambda idx: guide(z.reshape(batch, -1), t_batch, idx, mask_id)
+
+  def redraw(fired, clock, log_w, step, rows_transform, row_bias=None):
     """categorical.redraw on [B, ...] arrays: fresh clocks, and tokens if log_w [B, ..., V] is given."""
     out = categorical.redraw(fired.reshape(m), clock.reshape(m), None if log_w is None else log_w.reshape(m, -1),
-                             seeds, step, capacity, rows_transform)
+                             seeds, step, capacity, rows_transform, row_bias)
     return tuple(a.reshape(shape) for a in out)
 
   def step(state, xs):
@@ -165,7 +174,7 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
       if log_w is not None:
         return (state,) + redraw(unmask, clock, log_w, i, None)
       logp, state = denoise(state, p.t_model)
-      return (state,) + redraw(unmask, clock, logp, i, transform)
+      return (state,) + redraw(unmask, clock, logp, i, transform, bias_at(state.z, p.t_model))
 
     def without_draw(state, clock):
       return state, clock, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.float32)
@@ -192,9 +201,12 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, static: Static):
 
   def fill(state):
     logp, state = denoise(state, 0.0)
+    if static.final == "argmax" and guide is not None:
+      return state, categorical.argmax_at(remaining.reshape(m), logp.reshape(m, -1), capacity,
+                                          bias_at(state.z, 0.0)).reshape(shape)
     if static.final == "argmax":
       return state, jnp.argmax(logp, axis=-1).astype(jnp.int32)
-    return state, redraw(remaining, state.clock, logp, num_steps, transform)[1]
+    return state, redraw(remaining, state.clock, logp, num_steps, transform, bias_at(state.z, 0.0))[1]
 
   state, tokens = jax.lax.cond(jnp.any(remaining), fill, lambda st: (st, jnp.zeros(shape, jnp.int32)), state)
   z = jnp.where(remaining, tokens, state.z)
