@@ -10,7 +10,6 @@ import pytest
 from flax import nnx
 
 from md4_jax import quality, sample_lib, sampling, scaling_report
-from md4_jax.data import dataset_info
 from test_sample_binaries import TINY, cached_checkpoint
 from train_configs import ROOT, tiny_config
 
