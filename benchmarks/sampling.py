@@ -66,20 +66,23 @@ def bytes_of(compiled) -> int | None:
              - analysis.alias_size_in_bytes)
 
 
-def run_compiled(name: str, denoise_fn, z_init, vocab: int, steps: int, repeats: int) -> dict:
-  """Compiles the sampler loop of `name` for `denoise_fn`, then times it (host-side set-up of `sample` excluded)."""
+def run_compiled(name: str, denoise_fn, z_init, vocab: int, steps: int, repeats: int, head_fn=None) -> dict:
+  """Compiles the sampler loop of `name` for `denoise_fn` (features with a head_fn), then times it (host-side
+  set-up of `sample` excluded)."""
   config = sampling.default_config(name)
   config.num_steps = steps
   frozen = sampling.validate_config(config)
   plan = loop.make_plan(frozen)
-  static = loop.make_static(frozen, plan, vocab, z_init.size, False)
+  out_dim = jax.eval_shape(denoise_fn, z_init, jax.ShapeDtypeStruct(z_init.shape[:1], jnp.float32)).shape[-1]
+  static = loop.make_static(frozen, plan, vocab, z_init.size, False, out_dim)
   start = time.perf_counter()
-  compiled = loop.run_jit.lower(denoise_fn, jax.random.key(0), z_init, plan, None, None, static=static).compile()
+  compiled = loop.run_jit.lower(denoise_fn, jax.random.key(0), z_init, plan, None, None, head_fn,
+                                static=static).compile()
   compile_s = time.perf_counter() - start
   walls, nfes = [], []
   for r in range(repeats):
     start = time.perf_counter()
-    tokens, stats = compiled(denoise_fn, jax.random.key(r + 1), z_init, plan, None)
+    tokens, stats = compiled(denoise_fn, jax.random.key(r + 1), z_init, plan, None, None, head_fn)
     jax.block_until_ready(tokens)
     walls.append(time.perf_counter() - start)
     nfes.append(int(stats["nfe"]))

@@ -85,6 +85,14 @@ class DiffusionModel(nnx.Module):
     logits = self.network(z_t, t, cond, rngs=rngs)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
+  def head_features(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    """Per-position features [B, L, F] for `head_log_probs` (transformer networks; no dropout)."""
+    return self.network.head_features(z_t, t, cond)
+
+  def head_log_probs(self, features: jax.Array) -> jax.Array:
+    """log_probs at K positions from their `head_features` rows [K, F] -> [K, V] float32."""
+    return jax.nn.log_softmax(self.network.head(features).astype(jnp.float32), axis=-1)
+
   def ar_token_log_probs(self, x: jax.Array, cond: jax.Array | None = None, *,
                          rngs: nnx.Rngs | None = None) -> jax.Array:
     """'ar' models: log p(x_n | x_<n) [B, L] under causal attention; the mask id V serves as BOS."""

@@ -156,7 +156,7 @@ def generate(restored: Restored, sampler_config: ml_collections.ConfigDict, z_in
   batch_sharding = sharding_lib.batch_sharding(exp.mesh)
   place = lambda a: jax.make_array_from_callback(a.shape, batch_sharding, lambda index: a[index])
   cond = None if label is None else place(np.full((batch_size,), label, np.int32))
-  denoise_fn = sample_writer.denoiser(exp.graphdef, restored.params, cond)
+  denoise_fn, head_fn = sample_writer.model_denoiser(exp.graphdef, restored.params, objective, cond)
   genmd4_w = nnx.merge(exp.graphdef, restored.params).genmd4_w
   num_samples, mask_id = z_init.shape[0], exp.info.vocab_size
   out, nfe, start = [], [], time.time()
@@ -165,7 +165,7 @@ def generate(restored: Restored, sampler_config: ml_collections.ConfigDict, z_in
       chunk = np.asarray(z_init[first:first + batch_size], np.int32)
       padded = np.concatenate([chunk, np.full((batch_size - len(chunk),) + chunk.shape[1:], mask_id, np.int32)])
       tokens, stats = sample_writer.draw(objective, denoise_fn, jax.random.fold_in(key, index), place(padded),
-                                         sampler_config, genmd4_w=genmd4_w)
+                                         sampler_config, genmd4_w=genmd4_w, head_fn=head_fn)
       out.append(_to_host(tokens)[:len(chunk)])
       nfe.append(int(stats["nfe"]))
       if progress and jax.process_index() == 0:

@@ -27,15 +27,24 @@ def check_samplable(objective: str, sampler_name: str) -> None:
 
 
 def draw(objective: str, denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections.ConfigDict, *,
-         genmd4_w: jax.Array | None = None, guide=None) -> tuple[jax.Array, dict]:
+         genmd4_w: jax.Array | None = None, guide=None, head_fn=None) -> tuple[jax.Array, dict]:
   """(tokens int32 like z_init, {'nfe': denoiser calls}) from the sampler of a model trained with `objective`:
-  md4_jax.sampling for masked models (with its `guide`), udlm.sample (T calls) for uniform-noise ones."""
+  md4_jax.sampling for masked models (with its `guide` and `head_fn`), udlm.sample (T calls) for uniform-noise
+  ones."""
   check_samplable(objective, config.name)
   if objective == "udlm":
-    if guide is not None:
-      raise ValueError("a guide (D-CBG on masked inputs) does not apply to a 'udlm' model")
+    if guide is not None or head_fn is not None:
+      raise ValueError("guide and head_fn apply to masked models, not to a 'udlm' model")
     return udlm.sample(denoise_fn, key, z_init, config), {"nfe": jnp.asarray(config.num_steps)}
-  return sampling.sample(denoise_fn, key, z_init, config, genmd4_w=genmd4_w, return_stats=True, guide=guide)
+  return sampling.sample(denoise_fn, key, z_init, config, genmd4_w=genmd4_w, return_stats=True, guide=guide,
+                         head_fn=head_fn)
+
+
+def model_denoiser(graphdef, params, objective: str, cond: jax.Array | None = None):
+  """(denoise_fn, head_fn) to sample a model: its features and vocabulary head evaluated only where tokens are
+  drawn (`factored_denoiser`) where the sampler allows it (MD4 transformers), else (its denoiser, None)."""
+  factored = factored_denoiser(graphdef, params, cond) if objective == "md4" else None
+  return factored or (denoiser(graphdef, params, cond), None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,6 +59,25 @@ def denoiser(graphdef, params, cond: jax.Array | None = None) -> jax.tree_util.P
   """The model's denoise_fn(z_t, t) with `params` (and class labels cond int [B], None = unconditional) traced,
   not baked in as constants."""
   return jax.tree_util.Partial(_denoise_fn_of(graphdef), params, cond)
+
+
+@functools.lru_cache(maxsize=None)
+def _factored_fns_of(graphdef):
+  def features(params, cond, z_t, t):
+    return nnx.merge(graphdef, params).head_features(z_t, t, cond)
+
+  def head(params, rows):
+    return nnx.merge(graphdef, params).head_log_probs(rows)
+  return features, head
+
+
+def factored_denoiser(graphdef, params, cond: jax.Array | None = None):
+  """(features_fn, head_fn) for `sampling.sample(features_fn, ..., head_fn=head_fn)`: the vocabulary head runs
+  only where tokens are drawn. None for networks without `head_features` (the U-Nets)."""
+  if not hasattr(nnx.merge(graphdef, params).network, "head_features"):
+    return None
+  features, head = _factored_fns_of(graphdef)
+  return jax.tree_util.Partial(features, params, cond), jax.tree_util.Partial(head, params)
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,8 +96,10 @@ def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init
              key: jax.Array) -> np.ndarray:
   """Fills the masks (id V) of z_init int [B, *data_shape]; returns int32 tokens of the same shape."""
   model = nnx.merge(graphdef, params)
-  tokens, _ = draw(model.diffusion_config.objective, denoiser(graphdef, params), key,
-                   jnp.asarray(z_init, jnp.int32), sampler_config, genmd4_w=model.genmd4_w)
+  objective = model.diffusion_config.objective
+  denoise_fn, head_fn = model_denoiser(graphdef, params, objective)
+  tokens, _ = draw(objective, denoise_fn, key, jnp.asarray(z_init, jnp.int32), sampler_config,
+                   genmd4_w=model.genmd4_w, head_fn=head_fn)
   return np.asarray(tokens)
 
 

@@ -208,15 +208,19 @@ def test_transformer_bidirectional_and_causal():
       assert float(diff[:j].min()) > 1e-4
 
 
-def test_transformer_positions_and_outside_embed():
-  model = perturb(build("transformer", outside_embed=True))
+@pytest.mark.parametrize("time_conditioning", [True, False])
+def test_transformer_head_at_gathered_positions_and_outside_embed(time_conditioning):
+  model = perturb(build("transformer", outside_embed=True, time_conditioning=time_conditioning))
   assert model.embed.embedding.shape == (28, 16)  # V + 1 rows, head_dim features
   z_t, t = inputs("transformer")
-  positions = jnp.array([[0, 5, 7], [3, 3, 1]])
-  logits = nnx.jit(lambda net, z_t, t, positions: (net(z_t, t), net(z_t, t, positions=positions)))
-  full, selected = logits(model, z_t, t, positions)
-  np.testing.assert_allclose(selected, jnp.take_along_axis(full, positions[..., None], axis=1),
-                             rtol=1e-6, atol=1e-5)
+  rows = jnp.array([0, 5, 7, 3 + z_t.shape[1], 1 + z_t.shape[1]])  # flat positions b * L + l
+
+  def both(net, z_t, t):
+    features = net.head_features(z_t, t)  # [B, L, D + C]
+    return net(z_t, t), net.head(features.reshape(-1, features.shape[-1])[rows])
+
+  full, selected = nnx.jit(both)(model, z_t, t)
+  np.testing.assert_allclose(selected, full.reshape(-1, full.shape[-1])[rows], rtol=1e-6, atol=1e-5)
 
 
 def test_rope_matches_complex_rotation_and_is_relative():

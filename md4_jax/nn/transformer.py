@@ -101,20 +101,30 @@ class Transformer(nnx.Module):
                                    out_name=axes.VOCAB, dtype=dtype, rngs=rngs)
 
   def __call__(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
-               rngs: nnx.Rngs | None = None, positions: jax.Array | None = None) -> jax.Array:
-    """Logits [B, L, V] (or [B, K, V] at `positions` [B, K]); dropout only when `rngs` is given.
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Logits [B, L, V]; dropout only when `rngs` is given (`head_features` + `head`: the head at chosen positions).
 
     Args:
       z_t: int [B, L], ids in [0, V] (V = mask).
       t: float [B] in [0, 1]; ignored without time conditioning.
       cond: int [B] class labels or None (None = the null label when num_classes > 0).
       rngs: nnx.Rngs with a 'dropout' stream, or None for deterministic evaluation.
-      positions: optional int [B, K]; the head is applied only at these positions.
     """
     h, cond_vec = self._trunk(z_t, t, cond, rngs)
-    if positions is not None:
-      h = jnp.take_along_axis(h, positions[..., None], axis=1)  # [B, K, D]
-    return self.final(h, cond_vec)  # [B, L or K, V] float32
+    return self.final(h, cond_vec)  # [B, L, V] float32
+
+  def head_features(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None) -> jax.Array:
+    """What the head reads at each position, [B, L, D + C] float32: the residual stream and the conditioning
+    vector (C = 0 without conditioning); `head(features)` gives __call__'s logits (deterministic)."""
+    h, cond_vec = self._trunk(z_t, t, cond, None)
+    if cond_vec is None:
+      return h
+    return jnp.concatenate([h, jnp.broadcast_to(cond_vec[:, None, :], h.shape[:2] + cond_vec.shape[-1:])], -1)
+
+  def head(self, features: jax.Array) -> jax.Array:
+    """Logits [K, V] of features [K, D + C] (`head_features` rows gathered at K positions)."""
+    h, cond_vec = features[:, :self.config.width], features[:, self.config.width:]
+    return self.final(h[:, None, :], cond_vec if cond_vec.shape[-1] else None)[:, 0]
 
   def hidden_states(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
                     rngs: nnx.Rngs | None = None) -> jax.Array:

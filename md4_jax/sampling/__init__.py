@@ -27,7 +27,7 @@ def validate_config(config: ml_collections.ConfigDict) -> SamplerConfig:
 
 
 def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections.ConfigDict, *,
-           genmd4_w: jax.Array | None = None, return_stats: bool = False, guide=None):
+           genmd4_w: jax.Array | None = None, return_stats: bool = False, guide=None, head_fn=None):
   """Generates the masked positions of z_init [B, ...] (int, mask id V); returns int32 tokens shaped like z_init.
 
   Tokens of z_init other than V are fixed: they are never changed, also under remasking (all masks =
@@ -38,6 +38,10 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
   float32 log-weights added to the prediction only at the flat positions idx = b * N + n where a token is drawn
   (guidance.cbg_guide: D-CBG at the cost of the drawn positions, not of all L; data [B, N] only; not with
   genmd4_w).
+  head_fn: None, or a `jax.tree_util.Partial` head_fn(features [K, F]) -> log-probs [K, V]; then denoise_fn(z_t, t)
+  returns per-position features [B, ..., F] and the head (a network's final layer over a large vocabulary) runs
+  only at the positions where a token is drawn: the samples of the denoiser head_fn(denoise_fn(z_t, t)), without
+  its [B, ..., V] output (`sample_writer.factored_denoiser`). Not with genmd4_w.
   return_stats: also return a dict with 'nfe' (denoiser calls), 'num_masked' [T] and 'num_remasked' [T] (masks
   after, and remasks in, each step, summed over the batch) and 'num_steps'.
   """
@@ -49,9 +53,17 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
   if not isinstance(denoise_fn, jax.tree_util.Partial):
     denoise_fn = jax.tree_util.Partial(denoise_fn)
   out = jax.eval_shape(denoise_fn, z_init, jax.ShapeDtypeStruct(z_init.shape[:1], jnp.float32))
-  vocab_size = out.shape[-1]
-  if out.shape != z_init.shape + (vocab_size,):
-    raise ValueError(f"denoise_fn must map z_t {z_init.shape} to log-probs {z_init.shape + ('V',)}; got {out.shape}")
+  out_dim = vocab_size = out.shape[-1]
+  if head_fn is not None:
+    if genmd4_w is not None:
+      raise ValueError("head_fn (the head at drawn positions) cannot serve genmd4_w, which needs every prediction")
+    if not isinstance(head_fn, jax.tree_util.Partial):
+      head_fn = jax.tree_util.Partial(head_fn)
+    vocab_size = jax.eval_shape(head_fn, jax.ShapeDtypeStruct((1, out_dim), out.dtype)).shape[-1]
+  if out.shape != z_init.shape + (out_dim,):
+    what = "features" if head_fn is not None else "log-probs"
+    raise ValueError(f"denoise_fn must map z_t {z_init.shape} to {what} {z_init.shape + ('F' if head_fn is not None else 'V',)}; "
+                     f"got {out.shape}")
   if not isinstance(z_init, jax.core.Tracer):
     lo, hi = int(jnp.min(z_init)), int(jnp.max(z_init))
     if lo < 0 or hi > vocab_size:
@@ -74,8 +86,8 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
   if (plan.t.shape[0] + 2) * (z_init.size // z_init.shape[0]) >= 2**32:
     raise ValueError(f"(steps + 2) * positions per example must stay below 2^32 (random counters); got "
                      f"{plan.t.shape[0]} steps and {z_init.size // z_init.shape[0]} positions")
-  static = make_static(static_config, plan, vocab_size, z_init.size, genmd4_w is not None)
-  tokens, stats = run_jit(denoise_fn, key, z_init, plan, genmd4_w, guide, static=static)
+  static = make_static(static_config, plan, vocab_size, z_init.size, genmd4_w is not None, out_dim)
+  tokens, stats = run_jit(denoise_fn, key, z_init, plan, genmd4_w, guide, head_fn, static=static)
   if not return_stats:
     return tokens
   return tokens, dict(stats, num_steps=int(plan.t.shape[0]))

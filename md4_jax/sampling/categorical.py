@@ -144,11 +144,12 @@ def race(log_w: jax.Array, bits: jax.Array) -> jax.Array:
   return (group * size + jnp.argmax(inside - log_e[:, groups:], axis=-1)).astype(jnp.int32)
 
 
-def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None, row_bias=None):
-  """Fresh clocks, and tokens drawn from log_w, at the fired positions only.
+def redraw(fired, clocks, rows_of, seeds, step, capacity: int, transform=None, row_bias=None):
+  """Fresh clocks, and tokens drawn from the rows of log-weights, at the fired positions only.
 
-  fired [M] bool, clocks [M] float32, log_w [M, V] log-weights or None (clocks only); M = B * N row-major over
-  the examples, seeds [B, 2] (`row_seeds`). Position idx uses `position_words`: two words for its clock,
+  fired [M] bool, clocks [M] float32, rows_of(idx [K]) -> log-weights [K, V] of flat positions idx (a gather
+  from [M, V], or a vocabulary head applied to gathered features), or None (clocks only); M = B * N row-major
+  over the examples, seeds [B, 2] (`row_seeds`). Position idx uses `position_words`: two words for its clock,
   2 (G + C) for its race. row_bias(idx [K]) -> [K, V] log-weights added to the gathered rows first (guidance
   computed only where a token is drawn), or None. `transform` then maps the rows [K, V] -> log-weights
   (temperature, top-p); None uses them as they are.
@@ -157,16 +158,17 @@ def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None, row
   """
   m = clocks.shape[0]
   num_per_row = m // seeds.shape[0]
-  pairs = 1 if log_w is None else 1 + sum(race_groups(log_w.shape[-1]))
+  vocab_size = None if rows_of is None else jax.eval_shape(rows_of, jax.ShapeDtypeStruct((1,), jnp.int32)).shape[-1]
+  pairs = 1 if rows_of is None else 1 + sum(race_groups(vocab_size))
 
   def body(idx, carry):
     clocks, tokens, probs = carry
     safe = jnp.minimum(idx, m - 1)
     bits = position_words(seeds, step, safe, num_per_row, 2 * pairs).reshape(-1, pairs, 2)  # [K, 1 + G + C, 2]
     clocks = clocks.at[idx].set(exponential(bits[:, 0]), mode="drop")
-    if log_w is None:
+    if rows_of is None:
       return clocks, tokens, probs
-    rows = log_w[safe]  # [K, V]
+    rows = rows_of(safe)  # [K, V]
     if row_bias is not None:
       rows = rows + row_bias(safe)
     if transform is not None:
@@ -179,12 +181,13 @@ def redraw(fired, clocks, log_w, seeds, step, capacity: int, transform=None, row
   return for_selected(fired, capacity, body, init)
 
 
-def argmax_at(select, log_w, capacity: int, row_bias):
-  """argmax over V of log_w [M, V] + row_bias(idx [K]) [K, V] at the selected positions select [M]; int32 [M]."""
-  m = log_w.shape[0]
+def argmax_at(select, rows_of, capacity: int, row_bias=None):
+  """argmax over V of rows_of(idx) (+ row_bias(idx)) [K, V] at the selected positions select [M]; int32 [M]."""
+  m = select.shape[0]
 
   def body(idx, tokens):
     safe = jnp.minimum(idx, m - 1)
-    return tokens.at[idx].set(jnp.argmax(log_w[safe] + row_bias(safe), axis=-1).astype(jnp.int32), mode="drop")
+    rows = rows_of(safe) if row_bias is None else rows_of(safe) + row_bias(safe)
+    return tokens.at[idx].set(jnp.argmax(rows, axis=-1).astype(jnp.int32), mode="drop")
 
   return for_selected(select, capacity, body, jnp.zeros((m,), jnp.int32))

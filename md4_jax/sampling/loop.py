@@ -53,6 +53,7 @@ class Static:
   """Static arguments of the jitted run."""
 
   vocab_size: int
+  out_dim: int          # last dimension of the denoiser's output: V, or the feature width with a head_fn
   capacity: int         # positions handled per pass of the compacted loops (capacity_for)
   remask: bool          # some sigma_t > 0
   conf: bool            # per-token sigma from confidences (ReMDM 'conf' with some sigma_t > 0)
@@ -89,10 +90,12 @@ def capacity_for(num_positions: int) -> int:
   return min(num_positions, max(16, 1 << (-(-num_positions // 256) - 1).bit_length()))
 
 
-def make_static(config: SamplerConfig, plan: Plan, vocab_size: int, num_positions: int, genmd4: bool) -> Static:
+def make_static(config: SamplerConfig, plan: Plan, vocab_size: int, num_positions: int, genmd4: bool,
+                out_dim: int | None = None) -> Static:
   """The static part of a run: only what changes the compiled program (not sigma_t or the grid's values)."""
   remask = bool(np.any(np.asarray(plan.sigma) > 0))
-  return Static(vocab_size=vocab_size, capacity=capacity_for(num_positions), remask=remask,
+  return Static(vocab_size=vocab_size, out_dim=out_dim or vocab_size, capacity=capacity_for(num_positions),
+                remask=remask,
                 conf=remask and config.name == "remdm" and config.strategy == "conf", genmd4=genmd4,
                 eps=config.eps if genmd4 else 0.0, cache=config.cache, final=config.final,
                 temperature=config.temperature, top_p=config.top_p, top_p_rule=config.top_p_rule)
@@ -113,11 +116,12 @@ def _transform(static: Static):
   return transform
 
 
-def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, static: Static):
+def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, head_fn, static: Static):
   """Samples from z_init [B, ...] (mask id V where to generate); returns (z [B, ...] int32, stats).
 
   guide: None, or guide(z [B, N], t [B], idx [K], V) -> [K, V] log-weights added to the prediction at the flat
-  positions idx where a token is drawn (`sampling.sample`).
+  positions idx where a token is drawn. head_fn: None (denoise_fn gives log-probs), or features [K, F] ->
+  log-probs [K, V] applied to denoise_fn's per-position features where needed (`sampling.sample`).
   """
   mask_id, capacity = static.vocab_size, static.capacity
   batch, shape, m = z_init.shape[0], z_init.shape, z_init.size
@@ -141,10 +145,15 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, static: Static):
     t_batch = jnp.full((batch,), t, jnp.float32)
     return None if guide is None else lambda idx: guide(z.reshape(batch, -1), t_batch, idx, mask_id)
 
-  def redraw(fired, clock, log_w, step, rows_transform, row_bias=None):
-    """categorical.redraw on [B, ...] arrays: fresh clocks, and tokens if log_w [B, ..., V] is given."""
-    out = categorical.redraw(fired.reshape(m), clock.reshape(m), None if log_w is None else log_w.reshape(m, -1),
-                             seeds, step, capacity, rows_transform, row_bias)
+  def rows_of(out, head=head_fn):
+    """idx [K] -> log-probs [K, V] from the denoiser output [B, ..., V or F] (through the head if any)."""
+    flat = out.reshape(m, -1)
+    return (lambda idx: flat[idx]) if head is None else (lambda idx: head(flat[idx]).astype(jnp.float32))
+
+  def redraw(fired, clock, rows, step, rows_transform, row_bias=None):
+    """categorical.redraw on [B, ...] arrays: fresh clocks, and tokens if rows (rows_of) are given."""
+    out = categorical.redraw(fired.reshape(m), clock.reshape(m), rows, seeds, step, capacity, rows_transform,
+                             row_bias)
     return tuple(a.reshape(shape) for a in out)
 
   def step(state, xs):
@@ -172,9 +181,9 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, static: Static):
 
     def with_draw(state, clock):
       if log_w is not None:
-        return (state,) + redraw(unmask, clock, log_w, i, None)
-      logp, state = denoise(state, p.t_model)
-      return (state,) + redraw(unmask, clock, logp, i, transform, bias_at(state.z, p.t_model))
+        return (state,) + redraw(unmask, clock, rows_of(log_w, None), i, None)
+      out, state = denoise(state, p.t_model)
+      return (state,) + redraw(unmask, clock, rows_of(out), i, transform, bias_at(state.z, p.t_model))
 
     def without_draw(state, clock):
       return state, clock, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.float32)
@@ -192,7 +201,7 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, static: Static):
   state = SamplerState(
       z=z_init, clock=categorical.exponential(first_bits.reshape(shape + (2,))), nfe=jnp.int32(0),
       neg_psi=jnp.full((batch, m // batch), -jnp.inf, jnp.float32) if conf else None,
-      cache=jnp.zeros(shape + (mask_id,), jnp.float32) if static.cache else None,
+      cache=jnp.zeros(shape + (static.out_dim,), jnp.float32) if static.cache else None,
       cache_z=jnp.full(shape, -1, jnp.int32) if static.cache else None)
   state, (num_masked, num_remasked) = jax.lax.scan(step, state, (jnp.arange(num_steps), plan))
 
@@ -200,13 +209,13 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, static: Static):
   remaining = state.z == mask_id
 
   def fill(state):
-    logp, state = denoise(state, 0.0)
-    if static.final == "argmax" and guide is not None:
-      return state, categorical.argmax_at(remaining.reshape(m), logp.reshape(m, -1), capacity,
-                                          bias_at(state.z, 0.0)).reshape(shape)
+    out, state = denoise(state, 0.0)
+    if static.final == "argmax" and guide is None and head_fn is None:
+      return state, jnp.argmax(out, axis=-1).astype(jnp.int32)
     if static.final == "argmax":
-      return state, jnp.argmax(logp, axis=-1).astype(jnp.int32)
-    return state, redraw(remaining, state.clock, logp, num_steps, transform, bias_at(state.z, 0.0))[1]
+      return state, categorical.argmax_at(remaining.reshape(m), rows_of(out), capacity,
+                                          bias_at(state.z, 0.0)).reshape(shape)
+    return state, redraw(remaining, state.clock, rows_of(out), num_steps, transform, bias_at(state.z, 0.0))[1]
 
   state, tokens = jax.lax.cond(jnp.any(remaining), fill, lambda st: (st, jnp.zeros(shape, jnp.int32)), state)
   z = jnp.where(remaining, tokens, state.z)
