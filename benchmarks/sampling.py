@@ -41,7 +41,9 @@ SECTION = "## Sampling"
 
 
 def make_denoiser(size: str, vocab: int):
-  """(denoise_fn, params): log_softmax of a random-weight transformer, params passed as traced arguments."""
+  """(denoise_fn, (features_fn, head_fn)): log_softmax of a random-weight transformer, and the same split into
+  per-position features and the vocabulary head (sampled with head_fn: the head only where tokens are drawn);
+  params passed as traced arguments."""
   config = transformer.TransformerConfig(vocab_size=vocab, **transformer.TRANSFORMER_SIZES[size])
   model = transformer.Transformer(config, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
@@ -55,7 +57,14 @@ def make_denoiser(size: str, vocab: int):
   def denoise(params, z, t):
     return jax.nn.log_softmax(nnx.merge(graphdef, params)(z, t), axis=-1)
 
-  return jax.tree_util.Partial(denoise, params)
+  def features(params, z, t):
+    return nnx.merge(graphdef, params).head_features(z, t)
+
+  def head(params, rows):
+    return jax.nn.log_softmax(nnx.merge(graphdef, params).head(rows), axis=-1)
+
+  partial = jax.tree_util.Partial
+  return partial(denoise, params), (partial(features, params), partial(head, params))
 
 
 def bytes_of(compiled) -> int | None:
@@ -124,6 +133,31 @@ def time_network(denoise_fn, batch: int, length: int, vocab: int, calls: int) ->
   return seconds, bytes_of(single)
 
 
+def compare_head(name: str, denoise_fn, factored, batch: int, length: int, vocab: int, steps: int,
+                 repeats: int) -> dict:
+  """Per-step wall and XLA memory of the sampler with the full denoiser and with the head at drawn positions,
+  the two timed alternately (`repeats` times each, medians) so that load changes hit both alike."""
+  z_init = jnp.full((batch, length), vocab, jnp.int32)
+  full, head = [], []
+  for _ in range(repeats):
+    full.append(run_compiled(name, denoise_fn, z_init, vocab, steps, 1))
+    head.append(run_compiled(name, factored[0], z_init, vocab, steps, 1, head_fn=factored[1]))
+  median = lambda runs: float(np.median([r["wall_s"] for r in runs])) / runs[0]["steps"]
+  return {"name": name, "steps": full[0]["steps"], "nfe": (full[0]["nfe"], head[0]["nfe"]),
+          "full_step_s": median(full), "head_step_s": median(head), "full_bytes": full[0]["bytes"],
+          "head_bytes": head[0]["bytes"]}
+
+
+def head_table(rows) -> str:
+  lines = ["| sampler | steps | NFE | per step, full denoiser (ms) | per step, head at drawn positions (ms) | "
+           "speed-up | XLA memory full / head (GiB) |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['name']} | {r['steps']} | {r['nfe'][0]} / {r['nfe'][1]} | {1e3 * r['full_step_s']:.1f} | "
+                 f"{1e3 * r['head_step_s']:.1f} | {r['full_step_s'] / r['head_step_s']:.2f}x | "
+                 f"{gib(r['full_bytes'])} / {gib(r['head_bytes'])} |")
+  return "\n".join(lines)
+
+
 def gib(value) -> str:
   return "n/a" if value is None else f"{value / 2**30:.2f}"
 
@@ -169,9 +203,15 @@ def main() -> None:
   parser.add_argument("--samplers", nargs="+", default=["ancestral", "remdm"])
   parser.add_argument("--repeats", type=int, default=1, help="timed runs per sampler (median)")
   parser.add_argument("--update", default=None, help="markdown file whose '## Sampling' section to rewrite")
+  parser.add_argument("--compare_head", action="store_true",
+                      help="instead: the full denoiser vs the vocabulary head only where tokens are drawn")
   args = parser.parse_args()
 
-  denoise_fn = make_denoiser(args.size, args.vocab)
+  denoise_fn, factored = make_denoiser(args.size, args.vocab)
+  if args.compare_head:
+    print(head_table([compare_head(name, denoise_fn, factored, args.batch, args.length, args.vocab, args.steps,
+                                   args.repeats) for name in args.samplers]))
+    return
   results = [measure(name, denoise_fn, args.batch, args.length, args.vocab, args.steps, args.repeats)
              for name in args.samplers]
   device = jax.devices()[0]
