@@ -7,6 +7,7 @@ The network maps (z_t, t, cond) to logits; the model turns them into the denoise
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -108,8 +109,16 @@ class DiffusionModel(nnx.Module):
     return jax.nn.log_softmax(jnp.mean(logits, axis=1), axis=-1)
 
   def denoiser(self, cond: jax.Array | None = None, *, rngs: nnx.Rngs | None = None):
-    """denoise_fn(z_t, t) for diffusion.py and sampling (cond and dropout bound)."""
-    return lambda z_t, t: self.log_probs(z_t, t, cond, rngs=rngs)
+    """denoise_fn(z_t, t) for diffusion.py and sampling (cond and dropout bound).
+
+    With rngs, each call gets its own dropout key, fold_in(a key drawn here, call index), in fresh nnx.Rngs: the
+    function holds no mutable state, so it may also be traced abstractly (jax.eval_shape in diffusion.py) inside
+    the training step's jax.grad and scan.
+    """
+    if rngs is None:
+      return lambda z_t, t: self.log_probs(z_t, t, cond)
+    key, calls = rngs.dropout(), itertools.count()
+    return lambda z_t, t: self.log_probs(z_t, t, cond, rngs=nnx.Rngs(dropout=jax.random.fold_in(key, next(calls))))
 
   def loss(self, x: jax.Array, key: jax.Array, cond: jax.Array | None = None, *,
            rngs: nnx.Rngs | None = None) -> Loss:

@@ -61,6 +61,22 @@ def test_one_and_eight_devices_give_the_same_loss(tmp_path):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
+def test_remat_trains_like_no_remat(tmp_path):
+  """model.network.remat=True (jax.checkpoint per block) inside the real train step: same losses and parameters,
+  with grad accumulation (the scan over microbatches) and dropout on (which changes the loss)."""
+  results = {}
+  for remat, dropout in ((False, 0.1), (True, 0.1), (False, 0.0)):
+    config = tiny_config(num_steps=4, **{"train.grad_accum_steps": 2, "train.checkpoint_every": 4})
+    config.model.network.update(remat=remat, dropout=dropout)
+    results[remat, dropout] = train.train_and_evaluate(config, str(tmp_path / f"{remat}{dropout}"))
+  np.testing.assert_allclose(results[True, 0.1]["train/objective"], results[False, 0.1]["train/objective"],
+                             rtol=1e-5)
+  assert abs(results[False, 0.0]["train/objective"] / results[False, 0.1]["train/objective"] - 1) > 1e-4  # dropout on
+  for a, b in zip(jax.tree.leaves(saved_state(str(tmp_path / "True0.1"), 4)["params"]),
+                  jax.tree.leaves(saved_state(str(tmp_path / "False0.1"), 4)["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_resumed_run_is_bitwise_identical(tmp_path):
   """A run interrupted after its step-4 checkpoint and resumed equals an uninterrupted one, bit for bit."""
   config = tiny_config(num_steps=8)

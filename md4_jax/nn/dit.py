@@ -50,7 +50,7 @@ class DiT(nnx.Module):
       return block(x, c, None, key)
 
     if self.remat:
-      apply_block = nnx.remat(apply_block)
+      apply_block = layers.remat(apply_block)
     for block, block_key in zip(self.blocks, layers.split_key(key, len(self.blocks))):
       x = apply_block(block, x, c, block_key)
     x = self.final(x, c)  # [B, N, p*p*F]

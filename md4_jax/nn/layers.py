@@ -82,3 +82,16 @@ def group_norm(dim: int, num_groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
       dim, num_groups=num_groups, epsilon=1e-6, rngs=rngs,
       scale_init=partitioned(nnx.initializers.ones_init(), (axes.CHANNELS,)),
       bias_init=partitioned(nnx.initializers.zeros_init(), (axes.CHANNELS,)))
+
+
+def remat(apply):
+  """jax.checkpoint of apply(module, *args): activations inside are recomputed in the backward pass.
+
+  The module goes through nnx.split / nnx.merge as a read-only pytree of its state, so this works at any trace
+  depth (nnx.remat writes the module's variables back and fails when the module was merged inside an outer
+  trace, as in the training step's scan over microbatches under jax.grad).
+  """
+  def wrapped(module, *args):
+    graphdef, state = nnx.split(module)
+    return jax.checkpoint(lambda state, *args: apply(nnx.merge(graphdef, state), *args))(state, *args)
+  return wrapped

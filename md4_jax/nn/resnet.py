@@ -155,7 +155,7 @@ class ImageBackbone(nnx.Module):
       return block(h, cond_vec, key)
 
     if c.remat:
-      apply_block = nnx.remat(apply_block)
+      apply_block = layers.remat(apply_block)
     h = self.embed(z_t).reshape(b, height, width, channels * c.feature_dim)  # [B, H, W, C*F]
     hs = [self.conv_in(h).astype(jnp.float32)]  # [B, H, W, F]
     for block, block_key in zip(self.down, block_keys[:c.num_layers]):

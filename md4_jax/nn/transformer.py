@@ -157,7 +157,7 @@ class Transformer(nnx.Module):
       return block(h, cond_vec, rope, key)
 
     if c.remat:
-      apply_block = nnx.remat(apply_block)
+      apply_block = layers.remat(apply_block)
     for block, block_key in zip(self.blocks, block_keys):
       h = apply_block(block, h, cond_vec, rope, block_key)
     return h, cond_vec

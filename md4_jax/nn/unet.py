@@ -13,6 +13,7 @@ import jax
 from flax import nnx
 
 from md4_jax.nn import checks
+from md4_jax.nn import layers
 from md4_jax.nn import resnet
 
 UNET_SIZES = {
@@ -47,7 +48,7 @@ class UNetMiddle(nnx.Module):
     def middle(module, h, c, key1, key2):
       return module.block2(module.attention(module.block1(h, c, key1)), c, key2)
 
-    return (nnx.remat(middle) if self.remat else middle)(self, h, c, key1, key2)
+    return (layers.remat(middle) if self.remat else middle)(self, h, c, key1, key2)
 
 
 class UNet(resnet.ImageBackbone):
