@@ -30,8 +30,10 @@ def _without_runtime(tree: dict) -> dict:
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config fields a checkpoint's parameters depend on (architecture, objective, schedule, data)."""
-  return _without_runtime({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
-                           "data": {"name": config.data.name, "seq_len": config.data.get("seq_len")}})
+  data = {"name": config.data.name, "seq_len": config.data.get("seq_len")}
+  if "label" in config.data:  # what the labels mean (QM9: rings or qed)
+    data["label"] = config.data.label
+  return _without_runtime({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(), "data": data})
 
 
 def make_manager(workdir: str, train_config: ml_collections.ConfigDict | None = None,
@@ -68,6 +70,8 @@ def _diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
 def check_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
   """Raises ValueError if the checkpoint at `step` was written for another model config."""
   saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  if "label" not in saved.get("data", {}):  # written before data.label was fingerprinted: not compared
+    meta = dict(meta, data={k: v for k, v in meta["data"].items() if k != "label"})
   diffs = _diff(_without_runtime(saved), meta)
   if diffs:
     raise ValueError(f"checkpoint {manager.directory}/{step} belongs to another model config; use another "

@@ -203,7 +203,10 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--samplers', nargs='+', default=['ancestral'])
   parser.add_argument('--guidance', default='cfg', help=f'comma-separated, of: {", ".join(GUIDANCE)}')
   parser.add_argument('--classifier', help="workdir of a 'classifier' run (needed by --guidance cbg)")
-  parser.add_argument('--classifier_config', default='experiments/qm9_classifier.py')
+  parser.add_argument('--classifier_config', help='the classifier run\'s experiment file (default: '
+                      'qm9_classifier.py next to --config)')
+  parser.add_argument('--label', choices=PROPERTIES, help="the property the runs were trained for (default: "
+                      "the config's data.label); sets data.label of the models' and the classifier's configs")
   parser.add_argument('--gammas', default='1', help='comma-separated guidance strengths')
   parser.add_argument('--steps', default='32', help='comma-separated T')
   parser.add_argument('--seeds', default='0', help='comma-separated sampling seeds')
@@ -218,9 +221,16 @@ def main(argv: list[str]) -> int:
   if 'cbg' in names and not args.classifier:
     parser.error('--guidance cbg needs --classifier WORKDIR (a run of experiments/qm9_classifier.py)')
   base = config_base.load_experiment(args.config)
+  if args.label:
+    base.data.label = args.label
   prop = base.data.label if base.data.label != 'none' else 'rings'
-  classifier = (load_classifier(config_base.load_experiment(args.classifier_config), args.classifier, prop)
-                if 'cbg' in names else None)
+  classifier = None
+  if 'cbg' in names:
+    classifier_config = config_base.load_experiment(
+        args.classifier_config or os.path.join(os.path.dirname(args.config), 'qm9_classifier.py'))
+    if args.label:
+      classifier_config.data.label = args.label
+    classifier = load_classifier(classifier_config, args.classifier, prop)
   molecules = qm9.load_molecules(base.data.path, base.data.cache_dir)
   train_stop = split_bounds(len(molecules['smiles']), base.data.train_fraction,
                             base.data.validation_fraction)['train'][1]
@@ -251,5 +261,15 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def run() -> int:
+  """`python -m md4_jax.molecules`: bad input (a missing checkpoint, a mismatched classifier, a bad sampler or
+  model option) ends with one 'error:' line and exit status 1."""
+  try:
+    return main(sys.argv[1:])
+  except (ValueError, OSError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 1
+
+
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(run())

@@ -122,3 +122,7 @@ def test_classifier_trains_in_the_loop_and_guides_generation(qm9_config, tmp_pat
   assert tokens.shape == (6, 16) and tokens.min() >= 0 and tokens.max() < info.vocab_size
   with pytest.raises(ValueError, match="the classifier predicts data.label='rings' but the models target 'qed'"):
     molecules.load_classifier(qm9_config, workdir, 'qed')
+  qed_config = qm9_config.copy_and_resolve_references()
+  qed_config.data.label = 'qed'  # a config that says QED, pointed at the run trained on ring counts
+  with pytest.raises(ValueError, match="data.label: checkpoint 'rings' vs config 'qed'"):
+    molecules.load_classifier(qed_config, workdir, 'qed')
