@@ -7,6 +7,10 @@ denoiser); tokens are drawn only at unmasking positions (categorical.redraw). Ra
 example b at step i are counter-mode threefry words of (seed_b, i * N + n), seed_b from fold_in(key, b), so an
 example's sample does not depend on the batch size.
 
+Rows of predictions are read only where tokens are drawn, so two costs are paid there alone: a guide's
+log-weights (D-CBG, guidance.cbg_guide) and, with a head_fn, the network's vocabulary head (the denoiser then
+returns per-position features; remdm.md §5 item 3).
+
 Caching (config.cache, for a denoiser that ignores t; remdm.md §2.3): the last prediction is reused while no token
 of the batch has changed since it was computed, so cached and uncached runs give identical samples.
 
