@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import config_base, molecules, sampling
+from md4_jax import config_base, molecules, sample_writer, sampling, udlm
 from md4_jax.data import DataInfo
 from md4_jax.model import make_model
 
@@ -82,6 +82,10 @@ def test_generate_udlm_model():
   tokens = molecules.generate(graphdef, params, 5, 4, sampler, molecules.Guide('cfg', 2.0), 5, 3,
                               jax.random.key(0), objective='udlm')
   assert tokens.shape == (5, 4) and tokens.min() >= 0 and tokens.max() < 5
+  z_init = np.full((5, 4), 5, np.int32)  # the training loop's periodic samples use the UDLM sampler too
+  np.testing.assert_array_equal(
+      sample_writer.generate(graphdef, params, sampler, z_init, jax.random.key(3)),
+      np.asarray(udlm.sample(sample_writer.denoiser(graphdef, params), jax.random.key(3), z_init, sampler)))
   with pytest.raises(ValueError, match="a 'udlm' .uniform-noise. model samples with sampler.name='ancestral' only; "
                                        "got 'remdm'"):
     molecules.generate(graphdef, params, 5, 4, molecules.sampler_config('remdm', config.sampler, 8),
