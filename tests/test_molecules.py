@@ -99,3 +99,18 @@ def test_model_config_specs():
   assert (config.mesh.data, base.diffusion.objective) == (1, 'md4')
   with pytest.raises(ValueError, match="bad model option 'diffusion.objectiv=udlm'"):
     molecules.model_config('/tmp/run:diffusion.objectiv=udlm', base)
+
+
+def test_cli_bad_guidance_and_missing_classifier_fail_before_any_work(capsys):
+  args = ['--config', 'experiments/qm9.py', '--workdirs', '/nonexistent', '--out', '/nonexistent/out']
+  for extra, message in [(['--guidance', 'cbgx'], "unknown --guidance 'cbgx'; valid: cfg, cbg"),
+                         (['--guidance', 'cbg'], '--guidance cbg needs --classifier WORKDIR')]:
+    with pytest.raises(SystemExit) as exit_info:
+      molecules.main(args + extra)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_udlm_refuses_a_guide_or_a_head():
+  with pytest.raises(ValueError, match="guide and head_fn apply to masked models, not to a 'udlm' model"):
+    sample_writer.draw('udlm', lambda z, t: z, jax.random.key(0), np.zeros((1, 2), np.int32),
+                       sampling.default_config('ancestral'), guide=lambda *a: 0)
