@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import os
 import sys
 import time
@@ -24,18 +23,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from md4_jax import config_base, sharding, train  # noqa: E402
+from md4_jax import config_base, train  # noqa: E402
 from md4_jax import data as data_lib  # noqa: E402
 from md4_jax import experiment as experiment_lib  # noqa: E402
 
 
 def measure(config, steps: int) -> dict:
   exp = experiment_lib.build(config)
-  step_fn = jax.jit(
-      functools.partial(train.train_step, graphdef=exp.graphdef, tx=exp.tx, ema_decay=config.optim.ema_decay,
-                        grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(exp.state_sharding, sharding.batch_sharding(exp.mesh)),
-      out_shardings=(exp.state_sharding, sharding.replicated(exp.mesh)), donate_argnums=0)
+  step_fn = train.jit_train_step(exp)
   with jax.set_mesh(exp.mesh):
     start = time.perf_counter()
     compiled = step_fn.lower(exp.abstract_state, exp.abstract_batch(config.train.batch_size)).compile()

@@ -15,7 +15,8 @@ def get_config():
   config.data = default_data_config("cifar10")
   config.model.kind = "unet"
   config.model.size = "cifar10"
-  config.model.network = {"dropout": 0.1, "time_conditioning": True, "dtype": "float32", "remat": False}
+  config.model.network = {"dropout": 0.1, "time_conditioning": True, "dtype": "float32", "remat": False,
+                          "attention": "auto"}
   config.optim.update(lr=4e-4, warmup_steps=100, weight_decay=0.01, b2=0.99, ema_decay=0.9999)
   config.train.update(num_steps=2_000_000, batch_size=256, eval_every=10_000, eval_batch_size=256,
                       checkpoint_every=5_000, sample_every=50_000, num_samples=16, log_every=500)

@@ -12,7 +12,8 @@ def get_config():
   config.data = default_data_config("digits")
   config.model.kind = "unet"
   config.model.size = "tiny"
-  config.model.network = {"dropout": 0.0, "time_conditioning": True, "dtype": "float32", "remat": False}
+  config.model.network = {"dropout": 0.0, "time_conditioning": True, "dtype": "float32", "remat": False,
+                          "attention": "auto"}
   config.optim.update(lr=2e-3, warmup_steps=50, ema_decay=0.99)
   config.train.update(num_steps=1000, batch_size=64, eval_every=500, eval_batch_size=60, checkpoint_every=500,
                       sample_every=1000, num_samples=16, log_every=100)

@@ -82,6 +82,16 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, graphdef, tx, 
   return new_state, metrics
 
 
+def jit_train_step(exp: experiment_lib.Experiment):
+  """`train_step` of `exp`, jitted over its mesh with the state donated: (state, batch) -> (state, metrics)."""
+  config = exp.config
+  return jax.jit(
+      functools.partial(train_step, graphdef=exp.graphdef, tx=exp.tx, ema_decay=config.optim.ema_decay,
+                        grad_accum_steps=config.train.grad_accum_steps),
+      in_shardings=(exp.state_sharding, sharding.batch_sharding(exp.mesh)),
+      out_shardings=(exp.state_sharding, sharding.replicated(exp.mesh)), donate_argnums=0)
+
+
 class _Preemption:
   """SIGTERM -> a step at which every process saves a checkpoint and stops.
 
@@ -123,11 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_data = data_lib.make_dataset(
       config.data, "train", batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
       shard_index=jax.process_index(), shard_count=jax.process_count())
-  step_fn = jax.jit(
-      functools.partial(train_step, graphdef=exp.graphdef, tx=exp.tx, ema_decay=config.optim.ema_decay,
-                        grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(exp.state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(exp.state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  step_fn = jit_train_step(exp)
   eval_fn = evaluate_lib.make_eval_fn(exp)
 
   def compile_step():
