@@ -1,7 +1,9 @@
 """Training benchmark: kjv_tiny end to end (or any experiment), and on a GPU the MD4-S step at L=1024.
 
     python benchmarks/train.py                          # kjv_tiny on ../shared/data/kjv.txt.gz
-    python benchmarks/train.py --mfu --peak_tflops 790  # also MD4-S, L=1024 (GPU)
+    python benchmarks/train.py --data_path /data/kjv.txt.gz
+
+(MD4-S at L=1024 and its model FLOPs utilisation on a GPU: benchmarks/mfu.py.)
 
 Reports: time from start to the first step (compilation included), compilations of the train step, median
 step time and tokens/s, peak memory, validation bits per character at the evaluation steps, and the final
@@ -48,8 +50,10 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # host RSS (CPU backend)
 
 
-def run_experiment(config_path: str, workdir: str, eval_seeds: int) -> dict:
+def run_experiment(config_path: str, workdir: str, eval_seeds: int, data_path: str | None = None) -> dict:
   config = config_base.load_experiment(config_path)
+  if data_path:
+    config.data.path = data_path
   counter = _CompileCounter("train_step")
   logging.getLogger("jax").addHandler(counter)
   jax.config.update("jax_log_compiles", True)
@@ -87,9 +91,11 @@ def main():
                                                         "kjv_tiny.py"))
   parser.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
   parser.add_argument("--eval_seeds", type=int, default=3)
+  parser.add_argument("--data_path", default=None, help="the config's data.path instead (e.g. another copy of "
+                      "kjv.txt.gz)")
   args = parser.parse_args()
   workdir = args.workdir or tempfile.mkdtemp(prefix="md4_bench_")
-  result = run_experiment(os.path.abspath(args.config), workdir, args.eval_seeds)
+  result = run_experiment(os.path.abspath(args.config), workdir, args.eval_seeds, args.data_path)
   print(json.dumps(result, indent=1))
   print("\n| metric | value |\n|---|---|")
   print(f"| device | {result['device']} x {result['num_devices']} |")

@@ -1,0 +1,162 @@
+r"""Train-step speed of a transformer experiment: step time, tokens/s, model FLOPs utilisation, memory.
+
+    python benchmarks/mfu.py --config=experiments/owt_small.py --config.train.batch_size=32 \
+        --peak_tflops=790 --variants=base,xla_attention,remat          # MD4-S at L=1024 on one H100
+    python benchmarks/mfu.py --config=experiments/owt_small.py --config.model.size=tiny \
+        --config.data.seq_len=128 --config.train.batch_size=8 --peak_tflops=0   # a CPU smoke run
+
+The step is the training loop's own (`train.jit_train_step`: loss, gradients, AdamW, EMA, NaN guard) on the
+config's mesh over all devices, fed random tokens of the config's shape (no dataset is read). Each variant
+compiles the step from abstract shapes, runs `--warmup` steps, then times `--steps` steps dispatched back to back
+(one block at the end), so the time per step includes nothing the training loop would not pay.
+
+Model FLOPs per step (PaLM, App. B): 3 x the forward's matmul FLOPs (backward = 2 x forward), counted per token
+from the config, for the MD4 objective (one network pass per example):
+  forward = 2 [ n_layers (4 d^2 + 3 d h) + d V (+ d_e d with outside_embed) ] + n_layers 4 L d,
+d width, h the gated MLP's hidden width, V the head's outputs, L the sequence length (attention scores and
+their product with the values, full, not causal). Per-example work (time / label conditioning), the embedding
+lookup, norms and the optimizer are left out, so MFU = model FLOPs / time / (devices x peak) is the usual,
+conservative figure. XLA's own count of the compiled step (all ops, per device) is printed beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from md4_jax import experiment as experiment_lib  # noqa: E402
+from md4_jax import model as model_lib  # noqa: E402
+from md4_jax import train  # noqa: E402
+from md4_jax.nn import blocks, transformer  # noqa: E402
+
+VARIANTS = {  # name -> config overrides (dotted paths)
+    "base": {},
+    "xla_attention": {"model.network.attention": "xla"},  # no cuDNN fused attention
+    "remat": {"model.network.remat": True},
+    "fp32": {"model.network.dtype": "float32"},
+}
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "experiments", "owt_small.py"),
+    "experiment config file", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 20, "timed steps per variant")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps per variant after compiling")
+_PEAK = flags.DEFINE_float("peak_tflops", 790.0, "the accelerator's measured dense bf16 peak per device "
+                           "(TFLOP/s; H100: ~790); 0 = unknown, no MFU")
+_MEASURE_PEAK = flags.DEFINE_bool("measure_peak", False, "measure the peak instead: the best of 10 bf16 "
+                                  "8192 x 8192 x 8192 matrix products on one device")
+_VARIANTS = flags.DEFINE_list("variants", ["base"], f"variants to measure, of: {', '.join(VARIANTS)}")
+
+
+def train_flops_per_token(network: transformer.TransformerConfig, seq_len: int) -> float:
+  """Model FLOPs of one training step per token (forward + backward), from the config (module docstring)."""
+  d, n, hidden = network.width, network.num_layers, blocks.mlp_hidden_dim(network.width)
+  matmul_params = n * (4 * d * d + 3 * d * hidden) + d * (network.num_outputs or network.vocab_size)
+  if network.outside_embed:
+    matmul_params += network.head_dim * d
+  return 3.0 * (2.0 * matmul_params + n * 4.0 * seq_len * d)
+
+
+def measured_peak_tflops(n: int = 8192, repeats: int = 10) -> float:
+  """bf16 TFLOP/s of the fastest of `repeats` n x n x n matrix products on the first device (random data)."""
+  a, b = (jax.random.normal(jax.random.key(i), (n, n), jax.numpy.bfloat16) for i in (0, 1))
+  matmul = jax.jit(jax.numpy.matmul)
+  jax.block_until_ready(matmul(a, b))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / min(times) / 1e12
+
+
+def measure(config, steps: int, warmup: int) -> dict:
+  if config.model.kind != "transformer" or config.diffusion.objective != "md4":
+    raise ValueError("the FLOP count is for model.kind='transformer' with diffusion.objective='md4'; got "
+                     f"{config.model.kind!r}, {config.diffusion.objective!r}")
+  exp = experiment_lib.build(config)
+  info = exp.info
+  network = transformer.TransformerConfig(**model_lib.network_kwargs(
+      config.model, info.vocab_size, info.num_classes, info.data_shape))
+  step_fn = train.jit_train_step(exp)
+  batch_size, seq_len = config.train.batch_size, int(np.prod(info.data_shape))
+  with jax.set_mesh(exp.mesh):
+    start = time.perf_counter()
+    compiled = step_fn.lower(exp.abstract_state, exp.abstract_batch(batch_size)).compile()
+    compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per device program in older jax
+  memory = compiled.memory_analysis()
+  rng = np.random.default_rng(0)
+  local = {"x": rng.integers(0, info.vocab_size, (batch_size // jax.process_count(),) + info.data_shape)}
+  if info.num_classes:
+    local["label"] = rng.integers(0, info.num_classes, (batch_size // jax.process_count(),))
+  batch = exp.global_batch(local)
+  state = exp.init_state()
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics if warmup else state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - start) / steps
+  tokens = batch_size * seq_len
+  model_flops = train_flops_per_token(network, seq_len) * tokens
+  stats = jax.devices()[0].memory_stats() or {}
+  return {
+      "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}", "batch": batch_size, "seq_len": seq_len,
+      "params_m": sum(x.size for x in jax.tree.leaves(exp.abstract_state.params)) / 1e6,
+      "compile_s": compile_s, "step_ms": 1e3 * step_s, "tokens_per_s": tokens / step_s,
+      "model_tflop_per_step": model_flops / 1e12,
+      "xla_tflop_per_step": cost.get("flops", float("nan")) * jax.device_count() / 1e12,
+      "model_tflops": model_flops / step_s / 1e12,
+      "xla_temp_gib": memory.temp_size_in_bytes / 2**30,
+      "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+      "loss": float(metrics["objective"]),
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  if unknown:
+    raise app.UsageError(f"unknown --variants {unknown}; valid: {', '.join(VARIANTS)}")
+  rows = []
+  for name in _VARIANTS.value:
+    config = _CONFIG.value.copy_and_resolve_references()
+    config.data.path = None  # shapes only; the batches are random tokens
+    config.update_from_flattened_dict(VARIANTS[name])
+    try:
+      rows.append((name, measure(config, _STEPS.value, _WARMUP.value)))
+    except jax.errors.JaxRuntimeError as error:  # out of memory is a result too: report it and go on
+      rows.append((name, {"error": str(error).splitlines()[0][:160]}))
+    print(f"{name}: {rows[-1][1]}", file=sys.stderr, flush=True)
+  peak = measured_peak_tflops() if _MEASURE_PEAK.value else _PEAK.value
+  if _MEASURE_PEAK.value:
+    print(f"measured bf16 peak: {peak:.0f} TFLOP/s per device ({jax.devices()[0].device_kind})")
+  print("\n| variant | device | batch x L | params (M) | compile (s) | step (ms) | tokens/s | model TFLOP/step | "
+        "XLA TFLOP/step | model TFLOP/s | MFU | XLA temp (GiB) | peak (GiB) |")
+  print("|" + "---|" * 13)
+  for name, r in rows:
+    if "error" in r:
+      print(f"| {name} | failed: {r['error']} |" + " |" * 11)
+      continue
+    mfu = f"{100 * r['model_tflops'] / (peak * jax.device_count()):.1f}%" if peak > 0 else "-"
+    print(f"| {name} | {r['device']} | {r['batch']} x {r['seq_len']} | {r['params_m']:.1f} | {r['compile_s']:.1f} "
+          f"| {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['model_tflop_per_step']:.3f} | "
+          f"{r['xla_tflop_per_step']:.3f} | {r['model_tflops']:.2f} | {mfu} | {r['xla_temp_gib']:.2f} | "
+          f"{r['peak_gib']:.2f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
