@@ -1,6 +1,6 @@
 r"""Train-step speed of a transformer experiment: step time, tokens/s, model FLOPs utilisation, memory.
 
-    python benchmarks/mfu.py --config=experiments/owt_small.py --config.train.batch_size=32 \
+    python benchmarks/mfu.py --config=experiments/owt_small.py --config.train.batch_size=16 \
         --peak_tflops=790 --variants=base,xla_attention,remat          # MD4-S at L=1024 on one H100
     python benchmarks/mfu.py --config=experiments/owt_small.py --config.model.size=tiny \
         --config.data.seq_len=128 --config.train.batch_size=8 --peak_tflops=0   # a CPU smoke run
@@ -47,7 +47,7 @@ VARIANTS = {  # name -> config overrides (dotted paths)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "experiments", "owt_small.py"),
     "experiment config file", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 20, "timed steps per variant")
+_STEPS = flags.DEFINE_integer("steps", 20, "timed steps per variant (0: compile only: FLOP counts, XLA memory)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps per variant after compiling")
 _PEAK = flags.DEFINE_float("peak_tflops", 790.0, "the accelerator's measured dense bf16 peak per device "
                            "(TFLOP/s; H100: ~790); 0 = unknown, no MFU")
@@ -95,20 +95,8 @@ def measure(config, steps: int, warmup: int) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one dict per device program in older jax
   memory = compiled.memory_analysis()
-  rng = np.random.default_rng(0)
-  local = {"x": rng.integers(0, info.vocab_size, (batch_size // jax.process_count(),) + info.data_shape)}
-  if info.num_classes:
-    local["label"] = rng.integers(0, info.num_classes, (batch_size // jax.process_count(),))
-  batch = exp.global_batch(local)
-  state = exp.init_state()
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics if warmup else state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - start) / steps
+  step_s, loss = (_time_steps(exp, compiled, batch_size, steps, warmup) if steps > 0
+                  else (float("nan"), float("nan")))
   tokens = batch_size * seq_len
   model_flops = train_flops_per_token(network, seq_len) * tokens
   stats = jax.devices()[0].memory_stats() or {}
@@ -121,8 +109,26 @@ def measure(config, steps: int, warmup: int) -> dict:
       "model_tflops": model_flops / step_s / 1e12,
       "xla_temp_gib": memory.temp_size_in_bytes / 2**30,
       "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
-      "loss": float(metrics["objective"]),
+      "loss": loss,
   }
+
+
+def _time_steps(exp, compiled, batch_size: int, steps: int, warmup: int) -> tuple[float, float]:
+  """(seconds per step over `steps` steps after `warmup`, the last objective) on random tokens."""
+  info, rng = exp.info, np.random.default_rng(0)
+  local = {"x": rng.integers(0, info.vocab_size, (batch_size // jax.process_count(),) + info.data_shape)}
+  if info.num_classes:
+    local["label"] = rng.integers(0, info.num_classes, (batch_size // jax.process_count(),))
+  batch = exp.global_batch(local)
+  state = exp.init_state()
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  return (time.perf_counter() - start) / steps, float(metrics["objective"])
 
 
 def main(argv):
@@ -151,7 +157,8 @@ def main(argv):
     if "error" in r:
       print(f"| {name} | failed: {r['error']} |" + " |" * 11)
       continue
-    mfu = f"{100 * r['model_tflops'] / (peak * jax.device_count()):.1f}%" if peak > 0 else "-"
+    mfu = (f"{100 * r['model_tflops'] / (peak * jax.device_count()):.1f}%" if peak > 0 and np.isfinite(r["step_ms"])
+           else "-")
     print(f"| {name} | {r['device']} | {r['batch']} x {r['seq_len']} | {r['params_m']:.1f} | {r['compile_s']:.1f} "
           f"| {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['model_tflop_per_step']:.3f} | "
           f"{r['xla_tflop_per_step']:.3f} | {r['model_tflops']:.2f} | {mfu} | {r['xla_temp_gib']:.2f} | "
