@@ -1,4 +1,4 @@
-"""Training benchmark: kjv_tiny end to end (or any experiment), and on a GPU the MD4-S step at L=1024.
+"""Training benchmark: kjv_tiny end to end (or any experiment): speed, start-up, compilations, bits per char.
 
     python benchmarks/train.py                          # kjv_tiny on ../shared/data/kjv.txt.gz
     python benchmarks/train.py --data_path /data/kjv.txt.gz
