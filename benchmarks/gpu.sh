@@ -12,7 +12,7 @@
 # time does not stop the others. OUT_DIR gets two files (the device tool brings back at most 8): results.md (the
 # environment, then each part's command, exit status and tables) and logs.tar.gz (each part's stderr).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out="${1:-${OUT:-/tmp/md4_gpu_bench}}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
