@@ -8,7 +8,8 @@ r"""Train-step speed of a transformer experiment: step time, tokens/s, model FLO
 The step is the training loop's own (`train.jit_train_step`: loss, gradients, AdamW, EMA, NaN guard) on the
 config's mesh over all devices, fed random tokens of the config's shape (no dataset is read). Each variant
 compiles the step from abstract shapes, runs `--warmup` steps, then times `--steps` steps dispatched back to back
-(one block at the end), so the time per step includes nothing the training loop would not pay.
+(one block at the end), so the time per step includes nothing the training loop would not pay. With several
+variants each runs in a process of its own, so the device's peak memory is that variant's.
 
 Model FLOPs per step (PaLM, App. B): 3 x the forward's matmul FLOPs (backward = 2 x forward), counted per token
 from the config, for the MD4 objective (one network pass per example):
@@ -21,7 +22,9 @@ conservative figure. XLA's own count of the compiled step (all ops, per device) 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -53,6 +56,7 @@ _PEAK = flags.DEFINE_float("peak_tflops", 790.0, "the accelerator's measured den
                            "(TFLOP/s; H100: ~790); 0 = unknown, no MFU")
 _MEASURE_PEAK = flags.DEFINE_bool("measure_peak", False, "measure the peak instead: the best of 10 bf16 "
                                   "8192 x 8192 x 8192 matrix products on one device")
+_JSON = flags.DEFINE_bool("json", False, "measure the one variant of --variants and print its row as JSON")
 _VARIANTS = flags.DEFINE_list("variants", ["base"], f"variants to measure, of: {', '.join(VARIANTS)}")
 
 
@@ -131,22 +135,50 @@ def _time_steps(exp, compiled, batch_size: int, steps: int, warmup: int) -> tupl
   return (time.perf_counter() - start) / steps, float(metrics["objective"])
 
 
+def _measure_variant(name: str) -> dict:
+  config = _CONFIG.value.copy_and_resolve_references()
+  config.data.path = None  # shapes only; the batches are random tokens
+  config.update_from_flattened_dict(VARIANTS[name])
+  try:
+    return measure(config, _STEPS.value, _WARMUP.value)
+  except jax.errors.JaxRuntimeError as error:  # out of memory is a result too: report it and go on
+    return {"error": str(error).splitlines()[0][:160]}
+
+
+def _run_isolated(name: str) -> dict:
+  """`_measure_variant(name)` in a child process (this command line, one variant, --json)."""
+  argv, skip_value = [], False
+  for arg in sys.argv[1:]:  # this command line without --variants (and its value) and the peak measurement
+    if skip_value or arg.startswith(("--variants=", "--measure_peak", "--nomeasure_peak")):
+      skip_value = False
+    elif arg == "--variants":
+      skip_value = True
+    else:
+      argv.append(arg)
+  child = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--variants={name}", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+  sys.stderr.write(child.stderr)
+  lines = child.stdout.strip().splitlines()
+  if child.returncode or not lines:
+    return {"error": f"exit {child.returncode}: " + (child.stderr.strip().splitlines() or [""])[-1][:160]}
+  return json.loads(lines[-1])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise app.UsageError(f"unknown --variants {unknown}; valid: {', '.join(VARIANTS)}")
-  rows = []
-  for name in _VARIANTS.value:
-    config = _CONFIG.value.copy_and_resolve_references()
-    config.data.path = None  # shapes only; the batches are random tokens
-    config.update_from_flattened_dict(VARIANTS[name])
-    try:
-      rows.append((name, measure(config, _STEPS.value, _WARMUP.value)))
-    except jax.errors.JaxRuntimeError as error:  # out of memory is a result too: report it and go on
-      rows.append((name, {"error": str(error).splitlines()[0][:160]}))
-    print(f"{name}: {rows[-1][1]}", file=sys.stderr, flush=True)
+  if _JSON.value:  # one variant, for the parent process (below): its row as the last line of stdout
+    print(json.dumps(_measure_variant(_VARIANTS.value[0])))
+    return
+  # Each variant in a process of its own when there are several: the device's peak memory and the compilation
+  # caches then belong to that variant alone (and a GPU is not held by this process while they run).
+  rows = [(name, _run_isolated(name) if len(_VARIANTS.value) > 1 else _measure_variant(name))
+          for name in _VARIANTS.value]
+  for name, row in rows:
+    print(f"{name}: {row}", file=sys.stderr, flush=True)
   peak = measured_peak_tflops() if _MEASURE_PEAK.value else _PEAK.value
   if _MEASURE_PEAK.value:
     print(f"measured bf16 peak: {peak:.0f} TFLOP/s per device ({jax.devices()[0].device_kind})")
