@@ -205,6 +205,10 @@ def test_library_benchmarks_and_chars_data_import_without_the_data_stack(blocker
   help_text = subprocess.run([sys.executable, "benchmarks/train.py", "--help"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
   assert help_text.returncode == 0 and "--config" in help_text.stdout, help_text.stderr
+  # The MFU benchmark (MD4-S on OpenWebText shapes) loads its config and refuses an unknown variant by name.
+  mfu = subprocess.run([sys.executable, "benchmarks/mfu.py", "--variants=base,bogus"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert mfu.returncode == 1 and "unknown --variants ['bogus']; valid: base," in mfu.stderr, mfu.stderr
 
 
 def _python(code: str) -> list[str]:
