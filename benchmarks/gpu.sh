@@ -29,11 +29,11 @@ for candidate in ../shared/data/kjv.txt.gz .bench_data/kjv.txt.gz; do
 done
 
 mfu_size=(--config.train.batch_size=16 --measure_peak --steps=20)
-sampling_size=(--size small --repeats 3)
+sampling_size=(--size small --dtype bfloat16 --repeats 3)
 if [ "${SMOKE:-0}" = 1 ]; then
   mfu_size=(--config.train.batch_size=4 --config.model.size=tiny --config.data.seq_len=128 --peak_tflops=0
             --steps=2 --warmup=1)
-  sampling_size=(--size tiny --length 128 --vocab 1000 --steps 8)
+  sampling_size=(--size tiny --dtype bfloat16 --length 128 --vocab 1000 --steps 8)
 fi
 
 logs=$(mktemp -d)

@@ -40,11 +40,11 @@ from md4_jax.sampling import loop  # noqa: E402  pylint: disable=g-import-not-at
 SECTION = "## Sampling"
 
 
-def make_denoiser(size: str, vocab: int):
+def make_denoiser(size: str, vocab: int, dtype: str = "float32"):
   """(denoise_fn, (features_fn, head_fn)): log_softmax of a random-weight transformer, and the same split into
   per-position features and the vocabulary head (sampled with head_fn: the head only where tokens are drawn);
   params passed as traced arguments."""
-  config = transformer.TransformerConfig(vocab_size=vocab, **transformer.TRANSFORMER_SIZES[size])
+  config = transformer.TransformerConfig(vocab_size=vocab, dtype=dtype, **transformer.TRANSFORMER_SIZES[size])
   model = transformer.Transformer(config, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   leaves, treedef = jax.tree.flatten(params)
@@ -200,6 +200,8 @@ def main() -> None:
   parser.add_argument("--vocab", type=int, default=50257)
   parser.add_argument("--steps", type=int, default=64)
   parser.add_argument("--size", default="tiny", choices=sorted(transformer.TRANSFORMER_SIZES))
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="the network's compute dtype (parameters stay float32)")
   parser.add_argument("--samplers", nargs="+", default=["ancestral", "remdm"])
   parser.add_argument("--repeats", type=int, default=1, help="timed runs per sampler (median)")
   parser.add_argument("--update", default=None, help="markdown file whose '## Sampling' section to rewrite")
@@ -207,7 +209,7 @@ def main() -> None:
                       help="instead: the full denoiser vs the vocabulary head only where tokens are drawn")
   args = parser.parse_args()
 
-  denoise_fn, factored = make_denoiser(args.size, args.vocab)
+  denoise_fn, factored = make_denoiser(args.size, args.vocab, args.dtype)
   if args.compare_head:
     print(head_table([compare_head(name, denoise_fn, factored, args.batch, args.length, args.vocab, args.steps,
                                    args.repeats) for name in args.samplers]))
@@ -222,7 +224,7 @@ def main() -> None:
     command = "python benchmarks/sampling.py " + " ".join(sys.argv[1:])
     header = (f"{SECTION}\n\nCommand: `{command}` ({datetime.date.today()}, {platform.machine()}, "
               f"{os.cpu_count()} CPU cores, device {device.device_kind}, jax {jax.__version__}). "
-              f"{args.size} transformer (md4_jax.nn.transformer), B={args.batch}, L={args.length}, "
+              f"{args.size} transformer (md4_jax.nn.transformer, {args.dtype}), B={args.batch}, L={args.length}, "
               f"V={args.vocab}, T={args.steps}, no caching; see the script's docstring for the method. Target: the "
               f"time outside the network at most 10% of a step and B=4 within 2 GiB (the public PyTorch ReMDM code "
               f"spends 64-95% of each step outside the network at these sizes and peaks near 11 GiB).\n\n")
