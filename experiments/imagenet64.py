@@ -17,7 +17,7 @@ def get_config():
   config.model.kind = "uvit"
   config.model.size = "imagenet64"
   config.model.network = {"dropout": 0.1, "time_conditioning": True, "dtype": "bfloat16", "remat": False,
-                          "attention": "auto"}
+                          "attention": "auto", "scan_layers": False}
   config.diffusion.schedule = "cosine"
   config.optim.update(lr=2e-4, warmup_steps=100, weight_decay=0.03, b2=0.99, ema_decay=0.9999)
   config.train.update(num_steps=2_000_000, batch_size=512, eval_every=10_000, eval_batch_size=512,

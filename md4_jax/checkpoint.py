@@ -72,6 +72,9 @@ def check_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
   saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   if "label" not in saved.get("data", {}):  # written before data.label was fingerprinted: not compared
     meta = dict(meta, data={k: v for k, v in meta["data"].items() if k != "label"})
+  network = saved.get("model", {}).get("network", {})
+  if "scan_layers" in meta["model"].get("network", {}):  # written before scan_layers existed: unrolled blocks
+    network.setdefault("scan_layers", False)
   diffs = _diff(_without_runtime(saved), meta)
   if diffs:
     raise ValueError(f"checkpoint {manager.directory}/{step} belongs to another model config; use another "

@@ -27,7 +27,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.label_dropout = 0.0    # classifier-free guidance: rate of training labels replaced by the null id
   config.model.network = ml_collections.ConfigDict(
       {"dropout": 0.0, "mlp_type": "glu", "time_conditioning": True, "dtype": "float32", "remat": False,
-       "attention": "auto"})  # attention: 'auto' (cuDNN on a GPU for bf16) | 'xla' | 'cudnn'
+       "attention": "auto",  # 'auto' (cuDNN on a GPU for bf16) | 'xla' | 'cudnn'
+       "scan_layers": False})  # True: stacked blocks under jax.lax.scan (compiles one block; other checkpoints)
 
   config.diffusion = ml_collections.ConfigDict(dataclasses.asdict(DiffusionConfig()))
 

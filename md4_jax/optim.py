@@ -15,9 +15,14 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
       decay_steps=max(num_steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
 
 
+DECAYED = ("kernel", "embedding", "pos_embed")  # the matrices (and convolution kernels) of every network
+
+
 def _decay_mask(params):
-  """Weight decay on matrices only (not on biases, norm scales or GenMD4's exponents)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices only, by name (not on biases, norm scales or GenMD4's exponents, whose rank grows
+  by one when `model.network.scan_layers` stacks the blocks)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: str(getattr(path[-1], "key", path[-1])) in DECAYED, params)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:

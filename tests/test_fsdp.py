@@ -7,7 +7,6 @@ about an eighth. The bound covers the state, which is what the sharding rules de
 """
 
 import collections
-import functools
 import json
 import math
 import os
@@ -15,6 +14,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from md4_jax import checkpoint, experiment, sharding, train
@@ -64,15 +64,6 @@ def _nbytes(leaf) -> int:
   return math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
 
 
-def _step_fn(exp):
-  config = exp.config
-  return jax.jit(
-      functools.partial(train.train_step, graphdef=exp.graphdef, tx=exp.tx, ema_decay=config.optim.ema_decay,
-                        grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(exp.state_sharding, sharding.batch_sharding(exp.mesh)),
-      out_shardings=(exp.state_sharding, sharding.replicated(exp.mesh)), donate_argnums=0)
-
-
 def _config(data: int, fsdp: int, **overrides):
   return tiny_config(**{"mesh.data": data, "mesh.fsdp": fsdp, "train.num_steps": 6, "train.checkpoint_every": 6,
                         "train.log_every": 1, **overrides})
@@ -98,17 +89,20 @@ def test_state_exceeds_the_device_budget_replicated_and_fits_with_fsdp():
   for fsdp, exp in exps.items():
     batch = {"x": jax.ShapeDtypeStruct((16, 32), jnp.int32, sharding=sharding.batch_sharding(exp.mesh))}
     with jax.set_mesh(exp.mesh):
-      memory = _step_fn(exp).lower(states[fsdp], batch).compile().memory_analysis()
+      memory = train.jit_train_step(exp).lower(states[fsdp], batch).compile().memory_analysis()
     assert memory.argument_size_in_bytes == max(held[fsdp].values()) + 16 * 32 * 4 // 8
     assert (memory.argument_size_in_bytes <= budget) == (fsdp == 8)
 
 
-def test_fsdp_training_matches_data_parallel(tmp_path):
-  """fsdp = 8 against data = 8 on the same 8 devices: the same per-step losses and final parameters."""
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_fsdp_training_matches_data_parallel(tmp_path, scan_layers):
+  """fsdp = 8 against data = 8 on the same 8 devices: the same per-step losses and final parameters (also with
+  the blocks stacked under a scan, whose leading layer axis stays whole)."""
   curves, params = {}, {}
   for fsdp in (1, 8):
     workdir = str(tmp_path / f"fsdp{fsdp}")
     config = _config(8 // fsdp, fsdp)
+    config.model.network.update(num_layers=2, scan_layers=scan_layers)
     train.train_and_evaluate(config, workdir)
     lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     curves[fsdp] = [[line[k] for k in ("train/objective", "train/nelbo", "train/grad_norm")] for line in lines]
@@ -118,6 +112,8 @@ def test_fsdp_training_matches_data_parallel(tmp_path):
         exp.abstract_state, exp.state_sharding), checkpoint.fingerprint(config))
     manager.close()
     params[fsdp] = state.params
+  query = params[8]["network"]["blocks"] if scan_layers else params[8]["network"]["blocks"][0]
+  assert tuple(query["attention"]["query"]["kernel"].sharding.spec) == ((None,) if scan_layers else ()) + ("fsdp", None)
   assert len(curves[8]) == 6 and np.all(np.isfinite(curves[8]))
   np.testing.assert_allclose(curves[8], curves[1], rtol=2e-5)
   for a, b in zip(jax.tree.leaves(params[8]), jax.tree.leaves(params[1]), strict=True):

@@ -1,6 +1,7 @@
 """The training loop: learning, device-count invariance, bitwise resume, SIGTERM, accumulation, bad input."""
 
 import functools
+import json
 import os
 import shutil
 import signal
@@ -15,9 +16,10 @@ import pytest
 from flax import nnx
 
 from md4_jax import data as data_lib
-from md4_jax import optim, train
+from md4_jax import checkpoint, experiment, optim, train
 from md4_jax import train_state as train_state_lib
 from md4_jax.model import make_model
+from block_layout import stack_blocks
 from train_configs import ROOT, tiny_config
 
 
@@ -75,6 +77,37 @@ def test_remat_trains_like_no_remat(tmp_path):
   for a, b in zip(jax.tree.leaves(saved_state(str(tmp_path / "True0.1"), 4)["params"]),
                   jax.tree.leaves(saved_state(str(tmp_path / "False0.1"), 4)["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_scan_layers_trains_like_unrolled_blocks():
+  """model.network.scan_layers=True inside the real train step, from the unrolled model's (perturbed) parameters
+  stacked: the same losses and parameters, with weight decay (on matrices only: a stacked bias has rank 2 but is
+  not decayed), dropout and gradient accumulation (the scan over layers inside the scan over microbatches)."""
+  exps = {}
+  for scan in (False, True):
+    config = tiny_config(num_steps=3, **{"train.grad_accum_steps": 2, "optim.weight_decay": 10.0,
+                                         "optim.warmup_steps": 0})
+    config.model.network.update(num_layers=2, dropout=0.1, scan_layers=scan)
+    exps[scan] = experiment.build(config)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape).astype(np.float32),
+                        jax.tree.map(np.asarray, exps[False].init_state().params))
+  layouts = {False: params, True: stack_blocks(params)}
+  batch = {"x": rng.integers(0, 27, (16, 32))}
+  results = {}
+  for scan, exp in exps.items():
+    state = jax.device_put(train_state_lib.create(layouts[scan], exp.tx, 0), exp.state_sharding)
+    step_fn = train.jit_train_step(exp)
+    objectives = []
+    for _ in range(3):
+      state, metrics = step_fn(state, exp.global_batch(batch))
+      objectives.append(float(metrics["objective"]))
+    results[scan] = objectives, state.params
+  np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-5)
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), results[False][1], params)
+  assert min(jax.tree.leaves(moved)) > 1e-3  # every parameter moved, biases included
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               results[True][1], stack_blocks(jax.tree.map(np.asarray, results[False][1])))
 
 
 def test_resumed_run_is_bitwise_identical(tmp_path):
@@ -179,8 +212,22 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path):
   other.model.network.width = 64
   with pytest.raises(ValueError, match=r"model.network.width: checkpoint 32 vs config 64"):
     train.train_and_evaluate(other, str(tmp_path))
+  scanned = tiny_config(num_steps=8)
+  scanned.model.network.scan_layers = True  # another parameter layout
+  with pytest.raises(ValueError, match=r"model.network.scan_layers: checkpoint False vs config True"):
+    train.train_and_evaluate(scanned, str(tmp_path))
   after = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, ps in os.walk(tmp_path / "checkpoints") for p in ps}
   assert before == after and checkpoint_steps(str(tmp_path)) == [4]
+  # A checkpoint written before model.network.scan_layers existed holds unrolled blocks: accepted as False.
+  meta_file = tmp_path / "checkpoints" / "4" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["model"]["network"]["scan_layers"]
+  meta_file.write_text(json.dumps(meta))
+  manager = checkpoint.make_manager(str(tmp_path), read_only=True)
+  checkpoint.check_meta(manager, 4, checkpoint.fingerprint(tiny_config(num_steps=4)))
+  with pytest.raises(ValueError, match=r"model.network.scan_layers: checkpoint False vs config True"):
+    checkpoint.check_meta(manager, 4, checkpoint.fingerprint(scanned))
+  manager.close()
 
 
 def test_nan_loss_stops_and_keeps_checkpoints(tmp_path):

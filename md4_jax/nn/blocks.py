@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from md4_jax.nn import axes
 from md4_jax.nn import embeddings
-from md4_jax.nn.layers import dense, dropout, rms_norm, scale_free_layer_norm, split_key
+from md4_jax.nn.layers import dense, dropout, remat, rms_norm, scale_free_layer_norm, split_key
 
 Rope = tuple[jax.Array, jax.Array]  # cos, sin: [L, head_dim // 2] each
 MLP_ACTIVATIONS = {"glu": jax.nn.sigmoid, "swiglu": jax.nn.swish, "geglu": jax.nn.gelu}
@@ -138,3 +140,44 @@ class FinalLayer(nnx.Module):
       shift, scale = jnp.split(self.modulation(jax.nn.swish(c))[:, None, :], 2, axis=-1)
       h = h * (1.0 + scale) + shift
     return self.head(h)
+
+
+def make_stack(make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, scan: bool,
+               rngs: nnx.Rngs) -> nnx.Module:
+  """`num_layers` blocks: an nnx.List of them, or with `scan` one block whose parameters carry a leading
+  [num_layers] axis (logical name None), which `apply_stack` runs with jax.lax.scan so that one block is
+  compiled instead of `num_layers` (the parameter tree, and so checkpoints, differ between the two)."""
+  if not scan:
+    return nnx.List([make_block(rngs) for _ in range(num_layers)])
+
+  @nnx.split_rngs(splits=num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+  def stacked(rngs):
+    return make_block(rngs)
+
+  return stacked(rngs)
+
+
+def apply_stack(stack: nnx.Module, x: jax.Array, c: jax.Array | None, rope: Rope | None,
+                keys: list[jax.Array | None], *, use_remat: bool) -> jax.Array:
+  """x [B, N, D] float32 through the blocks of `make_stack` in order; `keys`: a dropout key (or None) per block.
+
+  `use_remat` recomputes each block's activations in the backward pass (jax.checkpoint around the block).
+  """
+  def apply(block, x, key):
+    return block(x, c, rope, key)
+
+  if use_remat:
+    apply = remat(apply)
+  if isinstance(stack, nnx.List):
+    for block, key in zip(stack, keys):
+      x = apply(block, x, key)
+    return x
+  graphdef, state = nnx.split(stack)  # leaves [num_layers, ...]
+
+  def body(x, inputs):
+    layer_state, key = inputs
+    return apply(nnx.merge(graphdef, layer_state), x, key), None
+
+  stacked_keys = None if keys[0] is None else jnp.stack(keys)  # [num_layers] keys
+  return jax.lax.scan(body, x, (state, stacked_keys))[0]

@@ -23,7 +23,7 @@ class DiT(nnx.Module):
 
   def __init__(self, in_dim: int, *, grid: int, patch_size: int, width: int, num_heads: int,
                num_layers: int, cond_dim: int, mlp_type: str, dropout: float, rngs: nnx.Rngs,
-               dtype=jnp.float32, attention: str = "auto", remat: bool = False):
+               dtype=jnp.float32, attention: str = "auto", remat: bool = False, scan_layers: bool = False):
     self.patch_size = patch_size
     self.remat = remat
     patch_dim = patch_size * patch_size * in_dim
@@ -31,11 +31,12 @@ class DiT(nnx.Module):
     self.pos_embed = nnx.Param(
         jnp.asarray(embeddings.sincos_2d(width, grid), jnp.float32)[None],  # [1, N, D]
         out_sharding=(None, None, axes.EMBED), eager_sharding=False)
-    self.blocks = nnx.List([
-        blocks.TransformerBlock(width, num_heads, cond_dim=cond_dim, mlp_type=mlp_type,
-                                dropout=dropout, mlp_init_scale=2.0 / num_layers, dtype=dtype,
-                                attention=attention, rngs=rngs)
-        for _ in range(num_layers)])
+    self.num_layers = num_layers
+    self.blocks = blocks.make_stack(
+        lambda rngs: blocks.TransformerBlock(width, num_heads, cond_dim=cond_dim, mlp_type=mlp_type,
+                                             dropout=dropout, mlp_init_scale=2.0 / num_layers, dtype=dtype,
+                                             attention=attention, rngs=rngs),
+        num_layers, scan=scan_layers, rngs=rngs)
     self.final = blocks.FinalLayer(width, patch_dim, cond_dim=cond_dim, out_name=None,
                                    dtype=dtype, rngs=rngs)
 
@@ -46,13 +47,8 @@ class DiT(nnx.Module):
     x = h.reshape(b, gh, p, gw, p, dim).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, -1)
     x = self.patch_embed(x) + self.pos_embed[...]  # [B, N, D]
 
-    def apply_block(block, x, c, key):
-      return block(x, c, None, key)
-
-    if self.remat:
-      apply_block = layers.remat(apply_block)
-    for block, block_key in zip(self.blocks, layers.split_key(key, len(self.blocks))):
-      x = apply_block(block, x, c, block_key)
+    x = blocks.apply_stack(self.blocks, x, c, None, layers.split_key(key, self.num_layers),
+                           use_remat=self.remat)
     x = self.final(x, c)  # [B, N, p*p*F]
     x = x.reshape(b, gh, gw, p, p, dim).transpose(0, 1, 3, 2, 4, 5).reshape(h.shape)
     return h + x

@@ -43,6 +43,7 @@ class TransformerConfig:
   causal: bool = False
   dtype: str = "float32"  # compute dtype; parameters are always float32
   remat: bool = False  # jax.checkpoint around each block
+  scan_layers: bool = False  # stacked block parameters, run by jax.lax.scan: one block to compile
   rope_theta: float = 1e4
   attention: str = "auto"  # 'auto' (cuDNN on GPU for bf16) | 'xla' | 'cudnn'
   num_outputs: int = 0  # head width; 0 = vocab_size (a noisy property classifier: its number of classes)
@@ -91,12 +92,12 @@ class Transformer(nnx.Module):
         embeddings.CondEmbedding(c.cond_dim, time_conditioning=c.time_conditioning,
                                  num_classes=c.num_classes, rngs=rngs)
         if c.cond_dim else None)
-    self.blocks = nnx.List([
-        blocks.TransformerBlock(
+    self.blocks = blocks.make_stack(
+        lambda rngs: blocks.TransformerBlock(
             c.width, c.num_heads, cond_dim=c.cond_dim, mlp_type=c.mlp_type, dropout=c.dropout,
             causal=c.causal, mlp_init_scale=2.0 / c.num_layers, dtype=dtype,
-            attention=c.attention, rngs=rngs)
-        for _ in range(c.num_layers)])
+            attention=c.attention, rngs=rngs),
+        c.num_layers, scan=c.scan_layers, rngs=rngs)
     self.final = blocks.FinalLayer(c.width, c.num_outputs or c.vocab_size, cond_dim=c.cond_dim,
                                    out_name=axes.VOCAB, dtype=dtype, rngs=rngs)
 
@@ -152,12 +153,5 @@ class Transformer(nnx.Module):
     h = layers.dropout(h.astype(jnp.float32), c.dropout, key_embed, (1,))  # [B, L, D] f32
     cond_vec = self.cond_embed(t, cond) if self.cond_embed is not None else None  # [B, C]
     rope = embeddings.rope_tables(z_t.shape[1], c.head_dim, c.rope_theta)
-
-    def apply_block(block, h, cond_vec, rope, key):
-      return block(h, cond_vec, rope, key)
-
-    if c.remat:
-      apply_block = layers.remat(apply_block)
-    for block, block_key in zip(self.blocks, block_keys):
-      h = apply_block(block, h, cond_vec, rope, block_key)
+    h = blocks.apply_stack(self.blocks, h, cond_vec, rope, block_keys, use_remat=c.remat)
     return h, cond_vec

@@ -34,6 +34,7 @@ class UViTConfig(resnet.ConvNetConfig):
   dit_heads: int = 12
   dit_width: int = 768
   mlp_type: str = "glu"  # gated MLP of the DiT blocks, as in the text transformer
+  scan_layers: bool = False  # DiT blocks stacked and run by jax.lax.scan (nn.blocks.make_stack)
 
   def __post_init__(self):
     super().__post_init__()
@@ -57,7 +58,7 @@ class UViT(resnet.ImageBackbone):
         c.feature_dim, grid=c.image_size // c.patch_size, patch_size=c.patch_size,
         width=c.dit_width, num_heads=c.dit_heads, num_layers=c.dit_layers, cond_dim=c.cond_dim,
         mlp_type=c.mlp_type, dropout=c.dropout, dtype=checks.DTYPES[c.dtype],
-        attention=c.attention, remat=c.remat, rngs=rngs)
+        attention=c.attention, remat=c.remat, scan_layers=c.scan_layers, rngs=rngs)
     super().__init__(config, middle, scale_shift=True, rngs=rngs)
 
   def __call__(self, z_t: jax.Array, t: jax.Array, cond: jax.Array | None = None, *,
