@@ -18,7 +18,8 @@ from the config, for the MD4 objective (one network pass per example):
 d width, h the gated MLP's hidden width, V the head's outputs, L the sequence length (attention scores and
 their product with the values, full, not causal). Per-example work (time / label conditioning), the embedding
 lookup, norms and the optimizer are left out, so MFU = model FLOPs / time / (devices x peak) is the usual,
-conservative figure. XLA's own count of the compiled step (all ops, per device) is printed beside it.
+conservative figure. XLA's own count of the compiled step (all ops, per device) is printed beside it; XLA counts
+a loop body once, so with `scan_layers` (the blocks under one jax.lax.scan) it covers a single block.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ VARIANTS = {  # name -> config overrides (dotted paths)
     "xla_attention": {"model.network.attention": "xla"},  # no cuDNN fused attention
     "remat": {"model.network.remat": True},
     "fp32": {"model.network.dtype": "float32"},
+    "scan_layers": {"model.network.scan_layers": True},  # one block compiled, run by jax.lax.scan
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
