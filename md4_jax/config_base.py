@@ -22,7 +22,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data = default_data_config("chars")
 
   config.model = ml_collections.ConfigDict()
-  config.model.kind = "transformer"   # 'transformer' | 'unet' | 'uvit'
+  config.model.kind = "transformer"   # 'transformer' | 'unet' | 'uvit' | 'mdlm_dit'
   config.model.size = "tiny"          # a preset of md4_jax.nn.SIZES[kind], or None
   config.model.label_dropout = 0.0    # classifier-free guidance: rate of training labels replaced by the null id
   config.model.network = ml_collections.ConfigDict(

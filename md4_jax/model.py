@@ -189,6 +189,9 @@ def make_model(config: ml_collections.ConfigDict, info, seed: int) -> DiffusionM
       raise ValueError("diffusion.objective='classifier' needs model.kind='transformer' and labelled data; got "
                        f"{config.model.kind!r} on data with num_classes={info.num_classes}")
     kwargs.update(num_outputs=info.num_classes, num_classes=0)  # predicts the label; not conditioned on it
+  if config.model.kind == "mdlm_dit" and config.diffusion.objective not in ("md4", "genmd4"):
+    raise ValueError(f"model.kind='mdlm_dit' (SUBS: unmasked tokens carried over) needs a masked-diffusion "
+                     f"objective, 'md4' or 'genmd4'; got diffusion.objective={config.diffusion.objective!r}")
   network = make_network(config.model.kind, kwargs, rngs=rngs)
   vocab_size = info.vocab_size
   return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs,

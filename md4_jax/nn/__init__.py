@@ -11,6 +11,7 @@ from typing import Any
 
 from flax import nnx
 
+from md4_jax.nn.mdlm_dit import MDLM_DIT_SIZES, MDLMDiT, MDLMDiTConfig
 from md4_jax.nn.transformer import TRANSFORMER_SIZES, Transformer, TransformerConfig
 from md4_jax.nn.unet import UNET_SIZES, UNet, UNetConfig
 from md4_jax.nn.uvit import UVIT_SIZES, UViT, UViTConfig
@@ -19,8 +20,9 @@ NETWORKS = {
     "transformer": (TransformerConfig, Transformer),
     "unet": (UNetConfig, UNet),
     "uvit": (UViTConfig, UViT),
+    "mdlm_dit": (MDLMDiTConfig, MDLMDiT),  # MDLM / ReMDM / DUO checkpoints (md4_jax.convert)
 }
-SIZES = {"transformer": TRANSFORMER_SIZES, "unet": UNET_SIZES, "uvit": UVIT_SIZES}
+SIZES = {"transformer": TRANSFORMER_SIZES, "unet": UNET_SIZES, "uvit": UVIT_SIZES, "mdlm_dit": MDLM_DIT_SIZES}
 
 
 def make_network(kind: str, config_kwargs: dict[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:

@@ -2,7 +2,9 @@
 
 - `timestep_embedding`: VDM / MD4 sinusoidal embedding of t * 1000 (md4.md §2.6, §4.1).
 - `CondEmbedding`: t (and optionally a class label) -> conditioning vector (md4 `CondEmbedding`).
-- `rope_tables` / `apply_rope`: rotary position embedding on interleaved pairs (md4.md §4.1).
+- `noise_features`: MDLM's 256-frequency sinusoidal features of the noise level sigma (mdlm_dit.md).
+- `rope_tables` / `apply_rope`: rotary position embedding on interleaved pairs (md4.md §4.1);
+  `apply_rope_half`: the same tables in the rotate-half (GPT-NeoX) convention of MDLM's DiT.
 - `sincos_2d`: 2-D sin-cos table that initialises the DiT position embedding (md4.md §4.2).
 """
 
@@ -71,6 +73,14 @@ class CondEmbedding(nnx.Module):
     return self.dense2(jax.nn.swish(self.dense1(c)))
 
 
+def noise_features(sigma: jax.Array, dim: int = 256, max_period: float = 10_000.0) -> jax.Array:
+  """MDLM TimestepEmbedder features: sigma [B] -> [B, dim], [cos, sin] of sigma * max_period^(-k / (dim/2))."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = sigma.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
 def rope_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
   """cos, sin tables [L, head_dim // 2] with frequencies theta^(-2i / head_dim)."""
   freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
@@ -85,6 +95,14 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   cos, sin = cos[None, :, None, :], sin[None, :, None, :]
   out = jnp.stack([x_re * cos - x_im * sin, x_re * sin + x_im * cos], axis=-1)
   return out.reshape(x.shape).astype(x.dtype)
+
+
+def apply_rope_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates (x[i], x[i + Dh/2]) of x [B, L, H, Dh] by position angles (rotate-half, non-interleaved)."""
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)  # [B, L, H, Dh/2] each
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 def sincos_2d(dim: int, grid: int) -> np.ndarray:

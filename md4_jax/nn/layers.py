@@ -51,6 +51,12 @@ def rms_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.RMSNorm:
                      scale_init=partitioned(nnx.initializers.ones_init(), (axes.EMBED,)))
 
 
+def scaled_layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm with a learned scale and no bias (MDLM's DiT), two-pass variance in float32."""
+  return nnx.LayerNorm(dim, epsilon=NORM_EPS, use_bias=False, use_fast_variance=False, rngs=rngs,
+                       scale_init=partitioned(nnx.initializers.ones_init(), (axes.EMBED,)))
+
+
 def scale_free_layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """LayerNorm without parameters, modulated by adaLN shift / scale."""
   return nnx.LayerNorm(dim, epsilon=NORM_EPS, use_bias=False, use_scale=False, rngs=rngs)
