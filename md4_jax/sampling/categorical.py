@@ -101,7 +101,12 @@ def top_p_filter(logits: jax.Array, p: float, rule: str) -> jax.Array:
   The kept set is {v : q_v >= tau}; tau is found by bisection over float32 bit patterns (30 passes over V, no
   sort). Ties at tau are kept or dropped together ('md4' keeps the whole tie group, like md4; 'remdm' drops a
   group that would cross p, unless it is the top group), so the result does not depend on token order.
+  rule 'remdm_sort' (ReMDM's code exactly, ties included): probabilities sorted descending by a stable sort (ties
+  in increasing token id), the prefix whose float32 cumulative sum is <= p kept, and always the first; a tie group
+  that crosses p is cut inside (a sort of [..., V] per row: use it on the drawn rows only, as the sampler does).
   """
+  if rule == "remdm_sort":
+    return _top_p_sorted(logits, p)
   q = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [..., V], max 1
   target = p * jnp.sum(q, axis=-1)  # [...]
   strict = rule == "remdm"  # remdm: find the smallest tau with mass(tau) <= target
@@ -119,6 +124,17 @@ def top_p_filter(logits: jax.Array, p: float, rule: str) -> jax.Array:
   tau = as_float(jnp.minimum(hi, _ONE_BITS) if strict else lo)
   kept = jnp.where(q >= tau, logits, -jnp.inf)
   return kept - jax.nn.logsumexp(kept, axis=-1, keepdims=True)
+
+
+def _top_p_sorted(logits: jax.Array, p: float) -> jax.Array:
+  """top_p_filter's 'remdm_sort' rule on logits [..., V]."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  order = jnp.argsort(-probs, axis=-1, stable=True)  # [..., V] descending, ties by increasing id
+  cumulative = jnp.cumsum(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
+  kept_sorted = (cumulative <= p) | (jnp.arange(probs.shape[-1]) == 0)
+  kept = jnp.take_along_axis(kept_sorted, jnp.argsort(order, axis=-1), axis=-1)  # back to token order
+  masked = jnp.where(kept, logits, -jnp.inf)
+  return masked - jax.nn.logsumexp(masked, axis=-1, keepdims=True)
 
 
 def race_groups(vocab_size: int) -> tuple[int, int]:

@@ -11,6 +11,12 @@ Defaults (md4.md §3, remdm.md §1.3-1.4):
 - 'fb' (sigma_t = (alpha_s - alpha_t) / alpha_t, ReMDM Prop. 4.2) and 'dfm' (sigma_t = beta_t (alpha_s -
   alpha_t) / alpha_t with beta_t = A t^0.25 (1 - t)^0.25, A = 10, and DFM step widths, Prop. 4.3 / App. D.1): the
   ReMDM OpenWebText baselines, same T, grid and top-p as 'remdm'.
+
+Exact ReMDM reproduction (a converted MDLM checkpoint sampled as the public ReMDM code samples it, remdm.md §2):
+grid = 'remdm', schedule = 'linear', eps = 0 (alpha_t = 1 - t), top_p_rule = 'remdm_sort', num_steps = T, final =
+'argmax', cache = True for a model without time conditioning (it changes no sample, only the denoiser calls). The
+grid is the reference's float32 linspace(1, 1e-5, T + 1) with its loop phase boundaries (grid.remdm_times).
+Today's defaults above are unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import ml_collections
 from md4_jax.schedules import make_schedule
 
 NAMES = ("ancestral", "euler", "remdm", "fb", "dfm")
-GRIDS = ("uniform", "cosine")
-TOP_P_RULES = ("remdm", "md4")
+GRIDS = ("uniform", "cosine", "remdm")
+TOP_P_RULES = ("remdm", "md4", "remdm_sort")
 FINALS = ("argmax", "sample")
 STRATEGIES = ("cap", "rescale", "conf", "loop")
 
@@ -82,6 +88,9 @@ class SamplerConfig:
       raise ValueError(f"num_steps must be an int >= 1; got {self.num_steps!r}")
     make_schedule(self.schedule, self.eps)  # raises ValueError for a bad name or eps
     _check_choice("grid", self.grid, GRIDS)
+    if self.grid == "remdm" and (self.schedule != "linear" or self.eps != 0.0):
+      raise ValueError(f"grid='remdm' is ReMDM's alpha_t = 1 - t: it needs schedule='linear' and eps=0; got "
+                       f"schedule={self.schedule!r}, eps={self.eps}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must lie in (0, 1] (1.0 = off); got {self.top_p}")
     _check_choice("top_p_rule", self.top_p_rule, TOP_P_RULES)

@@ -3,6 +3,11 @@
 - 'uniform': t(i) = (T - i) / T, s(i) = (T - i - 1) / T, i = 0..T-1 (md4.md §3).
 - 'cosine': both warped by t <- cos(pi/2 (1 - t)) (MD4 eq. 6), written sin(pi t / 2) so that the end points are
   exactly 0 and 1.
+- 'remdm' (remdm.md §2 item 2, for exact reproduction of the public ReMDM code): t(i) = linspace(1, 1e-5, T + 1)[i]
+  in float32 as torch computes it, s(i) = t(i) - dt in float32, dt = (1 - 1e-5) / T, alpha = 1 - t (the linear
+  schedule, eps = 0); the loop's phases are decided by t(i) alone (phase 1 while t > t_on, phase 3 once t <= t_off),
+  so the step that crosses t_on overshoots alpha_on (0.900382 at T = 1024) and the phases take 461 / 512 / 51
+  steps at T = 1024. The final noise removal runs the denoiser at t = 1e-5.
 - 'dfm': the DFM step widths of remdm.md §1.4, dt = min(1/T, 1 / ((1 + beta_t) / t + beta_t / (1 - t))) with
   beta_t = A t^0.25 (1 - t)^0.25; the beta_t / (1 - t) term is taken as 0 at t = 1, where beta_1 = 0 and nothing
   is unmasked yet. Below t = 1/T the rule would shrink the steps geometrically without reaching 0; one last step
@@ -40,10 +45,53 @@ def schedule_of(config: SamplerConfig) -> MaskingSchedule:
   return make_schedule(config.schedule, config.eps)
 
 
+REMDM_T_MIN = 1e-5  # the reference's sampling eps: the grid's last s, and the time of the final noise removal
+
+
+def final_time(config: SamplerConfig) -> float:
+  """The time at which the denoiser fills the masks left after the last step."""
+  return float(np.float32(REMDM_T_MIN)) if config.grid == "remdm" else 0.0
+
+
+def torch_linspace_f32(start: float, end: float, num: int) -> np.ndarray:
+  """float32 linspace computed as torch's kernel does: start + i step for the first half, end - (num - 1 - i) step
+  for the second, step = (end - start) / (num - 1), all in float32."""
+  i = np.arange(num)
+  start32, end32 = np.float32(start), np.float32(end)
+  step = np.float32((end32 - start32) / np.float32(num - 1))
+  first = start32 + step * i.astype(np.float32)
+  second = end32 - step * (num - 1 - i).astype(np.float32)
+  return np.where(i < num // 2, first, second).astype(np.float32)
+
+
+def remdm_times(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """(t, s) of ReMDM's grid, float32 values held in float64 [T] each (see the module docstring)."""
+  t = torch_linspace_f32(1.0, REMDM_T_MIN, num_steps + 1)[:-1]
+  s = t - np.float32((1.0 - REMDM_T_MIN) / num_steps)
+  return t.astype(np.float64), s.astype(np.float64)
+
+
+def remdm_grid(config: SamplerConfig) -> Grid:
+  """Grid 'remdm': alpha = 1 - t, and for the loop the reference's phase rule (see the module docstring)."""
+  t, s = remdm_times(config.num_steps)
+  alpha_t, alpha_s = 1.0 - t, 1.0 - s
+  loop_step = np.zeros(t.shape, bool)
+  if config.name == "remdm" and config.strategy == "loop":
+    phase1, phase3 = t > config.t_on, t <= config.t_off
+    loop_step = ~phase1 & ~phase3
+    rise = config.alpha_on / (1.0 - config.t_on)
+    fall = (1.0 - config.alpha_on) / config.t_off
+    alpha_t = np.where(phase1, (1.0 - t) * rise, np.where(phase3, 1.0 - t * fall, config.alpha_on))
+    alpha_s = np.where(phase1, (1.0 - s) * rise, np.where(phase3, 1.0 - s * fall, config.alpha_on))
+  return Grid(t, s, t, alpha_t, alpha_s, 1.0 - alpha_t, 1.0 - alpha_s, loop_step)
+
+
 def step_times(config: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
-  """(t, s), float64 [T] each, decreasing from t = 1 to s = 0."""
+  """(t, s), float64 [T] each, decreasing from t = 1 to s = 0 (grid 'remdm': to 1e-5)."""
   if config.name == "dfm":
     return dfm_times(config.num_steps, config.dfm_scale)
+  if config.grid == "remdm":
+    return remdm_times(config.num_steps)
   steps = config.num_steps
   i = np.arange(steps, dtype=np.float64)
   t, s = (steps - i) / steps, (steps - i - 1) / steps
@@ -91,6 +139,8 @@ def _schedule_time(schedule: MaskingSchedule, base_alpha: np.ndarray) -> np.ndar
 
 def make_grid(config: SamplerConfig) -> Grid:
   """The step times and alpha values of `config` (loop remapping included)."""
+  if config.grid == "remdm":
+    return remdm_grid(config)
   schedule = schedule_of(config)
   t, s = step_times(config)
   if config.name == "remdm" and config.strategy == "loop":

@@ -14,8 +14,8 @@ returns per-position features; remdm.md §5 item 3).
 Caching (config.cache, for a denoiser that ignores t; remdm.md §2.3): the last prediction is reused while no token
 of the batch has changed since it was computed, so cached and uncached runs give identical samples.
 
-Final step (md4.md §3 'decode', remdm.md §2.8): masks left at s = 0 (alpha(0) = 1 - eps) are filled from the
-denoiser at t = 0 by argmax ('argmax', as both references) or by a draw ('sample'); other tokens are kept.
+Final step (md4.md §3 'decode', remdm.md §2.8): masks left at the last s (alpha = 1 - eps) are filled from the
+denoiser at t = 0 (grid 'remdm': at t = 1e-5, as the reference) by argmax ('argmax', as both references) or by a draw ('sample'); other tokens are kept.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Static:
   temperature: float
   top_p: float
   top_p_rule: str
+  t_final: float        # time of the final noise removal (grid_lib.final_time)
 
 
 def make_plan(config: SamplerConfig) -> Plan:
@@ -102,7 +103,8 @@ def make_static(config: SamplerConfig, plan: Plan, vocab_size: int, num_position
                 remask=remask,
                 conf=remask and config.name == "remdm" and config.strategy == "conf", genmd4=genmd4,
                 eps=config.eps if genmd4 else 0.0, cache=config.cache, final=config.final,
-                temperature=config.temperature, top_p=config.top_p, top_p_rule=config.top_p_rule)
+                temperature=config.temperature, top_p=config.top_p, top_p_rule=config.top_p_rule,
+                t_final=grid_lib.final_time(config))
 
 
 def _transform(static: Static):
@@ -209,17 +211,18 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, head_fn, static: S
       cache_z=jnp.full(shape, -1, jnp.int32) if static.cache else None)
   state, (num_masked, num_remasked) = jax.lax.scan(step, state, (jnp.arange(num_steps), plan))
 
-  # Final step: fill the masks left at s = 0 from the prediction at t = 0.
+  # Final step: fill the masks left after the last step from the prediction at t_final.
   remaining = state.z == mask_id
 
   def fill(state):
-    out, state = denoise(state, 0.0)
+    out, state = denoise(state, static.t_final)
     if static.final == "argmax" and guide is None and head_fn is None:
       return state, jnp.argmax(out, axis=-1).astype(jnp.int32)
     if static.final == "argmax":
       return state, categorical.argmax_at(remaining.reshape(m), rows_of(out), capacity,
-                                          bias_at(state.z, 0.0)).reshape(shape)
-    return state, redraw(remaining, state.clock, rows_of(out), num_steps, transform, bias_at(state.z, 0.0))[1]
+                                          bias_at(state.z, static.t_final)).reshape(shape)
+    return state, redraw(remaining, state.clock, rows_of(out), num_steps, transform,
+                         bias_at(state.z, static.t_final))[1]
 
   state, tokens = jax.lax.cond(jnp.any(remaining), fill, lambda st: (st, jnp.zeros(shape, jnp.int32)), state)
   z = jnp.where(remaining, tokens, state.z)
