@@ -268,12 +268,12 @@ def reference_top_p(logits, p, rule):
   for row in range(probs.shape[0]):
     order = np.argsort(-probs[row], kind="stable")
     cum = np.cumsum(probs[row, order])
-    count = max(1, np.sum(cum <= p)) if rule == "remdm" else np.searchsorted(cum, p) + 1
+    count = max(1, np.sum(cum <= p)) if rule in ("remdm", "remdm_sort") else np.searchsorted(cum, p) + 1
     keep[row, order[:count]] = True
   return keep
 
 
-@pytest.mark.parametrize("rule", ["remdm", "md4"])
+@pytest.mark.parametrize("rule", ["remdm", "md4", "remdm_sort"])
 @pytest.mark.parametrize("vocab, p", [(50, 0.5), (1000, 0.9), (50257, 0.9), (50257, 0.98), (7, 1e-3)])
 def test_top_p_matches_sort_reference(rule, vocab, p):
   """remdm.md §6 item 11 / md4.md §7 item 20: kept set, top-1 always kept, normalised."""

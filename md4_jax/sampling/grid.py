@@ -54,13 +54,14 @@ def final_time(config: SamplerConfig) -> float:
 
 
 def torch_linspace_f32(start: float, end: float, num: int) -> np.ndarray:
-  """float32 linspace computed as torch's kernel does: start + i step for the first half, end - (num - 1 - i) step
-  for the second, step = (end - start) / (num - 1), all in float32."""
+  """float32 linspace as torch's kernel computes it: step = (end - start) / (num - 1) in float32, then
+  start + step i for the first half and end - step (num - 1 - i) for the second, each a fused multiply-add
+  (one rounding; the float64 product of a float32 and a small int is exact)."""
   i = np.arange(num)
   start32, end32 = np.float32(start), np.float32(end)
-  step = np.float32((end32 - start32) / np.float32(num - 1))
-  first = start32 + step * i.astype(np.float32)
-  second = end32 - step * (num - 1 - i).astype(np.float32)
+  step = np.float64(np.float32((end32 - start32) / np.float32(num - 1)))
+  first = np.float64(start32) + step * i
+  second = np.float64(end32) - step * (num - 1 - i)
   return np.where(i < num // 2, first, second).astype(np.float32)
 
 
