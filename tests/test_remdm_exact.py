@@ -93,3 +93,20 @@ def test_oracle_samples_reproduce_p_with_the_exact_loop_setting():
   """The exact setting (loop, eta 0.02, T = 1000 on grid 'remdm') with the exact denoiser: TV <= 0.02 and the mask
   counts follow the grid's 1 - alpha_s (the overshoot included) within Monte-Carlo error."""
   check_oracle_samples("remdm", {"remdm.strategy": "loop", "remdm.eta": 0.02, "top_p_rule": "remdm_sort", **EXACT})
+
+
+@pytest.mark.parametrize("p", [0.3137, 0.9137, 0.05])
+def test_sort_rule_matches_a_transcription_of_the_reference_on_rows_with_many_ties(p):
+  """ReMDM's rule written out (stable descending sort, float64 cumsum <= p, the first always kept) on rows whose
+  probabilities take 4 values (large tie groups), against the sort-free filter."""
+  rng = np.random.default_rng(int(p * 1e4))
+  weights = rng.integers(1, 5, (16, 300)).astype(np.float64)
+  weights[:4, :] = 2.0  # one tie group filling the row: the top group crosses p
+  probs = weights / weights.sum(-1, keepdims=True)
+  expected = np.zeros(probs.shape, bool)
+  for row in range(len(probs)):
+    order = np.argsort(-probs[row], kind="stable")
+    count = max(1, int(np.sum(np.cumsum(probs[row, order]) <= p)))
+    expected[row, order[:count]] = True
+  out = np.asarray(categorical.top_p_filter(jnp.log(jnp.asarray(probs, jnp.float32)), p, "remdm_sort"))
+  np.testing.assert_array_equal(np.isfinite(out), expected)

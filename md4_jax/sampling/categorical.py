@@ -101,15 +101,14 @@ def top_p_filter(logits: jax.Array, p: float, rule: str) -> jax.Array:
   The kept set is {v : q_v >= tau}; tau is found by bisection over float32 bit patterns (30 passes over V, no
   sort). Ties at tau are kept or dropped together ('md4' keeps the whole tie group, like md4; 'remdm' drops a
   group that would cross p, unless it is the top group), so the result does not depend on token order.
-  rule 'remdm_sort' (ReMDM's code exactly, ties included): probabilities sorted descending by a stable sort (ties
-  in increasing token id), the prefix whose float32 cumulative sum is <= p kept, and always the first; a tie group
-  that crosses p is cut inside (a sort of [..., V] per row: use it on the drawn rows only, as the sampler does).
+  rule 'remdm_sort' (ReMDM's code exactly, ties included): the prefix of the probabilities sorted descending by a
+  stable sort (ties in increasing token id) whose cumulative sum is <= p, and always the first: the 'remdm' set, then
+  of the tie group that crosses p the k smallest ids, k = the number of its tokens that still fit (at least 1 when
+  it is the top group). No sort: the group and the ranks inside it come from the same bisection and a cumsum.
   """
-  if rule == "remdm_sort":
-    return _top_p_sorted(logits, p)
   q = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [..., V], max 1
   target = p * jnp.sum(q, axis=-1)  # [...]
-  strict = rule == "remdm"  # remdm: find the smallest tau with mass(tau) <= target
+  strict = rule != "md4"  # remdm, remdm_sort: find the smallest tau with mass(tau) <= target
   as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)[..., None]
 
   def body(_, bounds):
@@ -121,20 +120,24 @@ def top_p_filter(logits: jax.Array, p: float, rule: str) -> jax.Array:
 
   lo0 = jnp.zeros(q.shape[:-1], jnp.int32)
   lo, hi = jax.lax.fori_loop(0, _TOP_P_ITERS, body, (lo0, lo0 + _ONE_BITS + 1))
-  tau = as_float(jnp.minimum(hi, _ONE_BITS) if strict else lo)
-  kept = jnp.where(q >= tau, logits, -jnp.inf)
+  if rule == "remdm_sort":
+    kept = _cut_crossing_group(q, target, as_float(hi))
+  else:
+    kept = q >= as_float(jnp.minimum(hi, _ONE_BITS) if strict else lo)
+  kept = jnp.where(kept, logits, -jnp.inf)
   return kept - jax.nn.logsumexp(kept, axis=-1, keepdims=True)
 
 
-def _top_p_sorted(logits: jax.Array, p: float) -> jax.Array:
-  """top_p_filter's 'remdm_sort' rule on logits [..., V]."""
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  order = jnp.argsort(-probs, axis=-1, stable=True)  # [..., V] descending, ties by increasing id
-  cumulative = jnp.cumsum(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
-  kept_sorted = (cumulative <= p) | (jnp.arange(probs.shape[-1]) == 0)
-  kept = jnp.take_along_axis(kept_sorted, jnp.argsort(order, axis=-1), axis=-1)  # back to token order
-  masked = jnp.where(kept, logits, -jnp.inf)
-  return masked - jax.nn.logsumexp(masked, axis=-1, keepdims=True)
+def _cut_crossing_group(q: jax.Array, target: jax.Array, tau: jax.Array) -> jax.Array:
+  """'remdm_sort' kept mask [..., V]: q >= tau (the whole groups that fit, tau > 1 when none does), and the first
+  k ids of the largest group below tau, k = floor((target - their mass) / its value), at least 1 if nothing else."""
+  whole = q >= tau
+  mass = jnp.sum(jnp.where(whole, q, 0.0), axis=-1, keepdims=True)
+  q_cross = jnp.max(jnp.where(whole, -1.0, q), axis=-1, keepdims=True)  # the crossing group's value
+  k = jnp.floor((target[..., None] - mass) / q_cross)
+  k = jnp.where(mass > 0.0, k, jnp.maximum(k, 1.0))
+  group = q == q_cross
+  return whole | (group & (jnp.cumsum(group, axis=-1) <= k))
 
 
 def race_groups(vocab_size: int) -> tuple[int, int]:
