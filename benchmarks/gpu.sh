@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]      # default: $OUT, else /tmp/md4_gpu_bench
 #   SMOKE=1 bash benchmarks/gpu.sh        # the same parts at toy sizes, to check the script on a CPU
+#   MDLM=1 bash benchmarks/gpu.sh         # instead: issue 18's converted-MDLM sampling run alone (its own 9 min)
 #
 # Environment: WHEELS (default .whl): a folder of pure-Python wheels to install first (ml-collections,
 # tensorboardX); KJV (default ../shared/data/kjv.txt.gz, else .bench_data/kjv.txt.gz): the KJV text for the
@@ -59,6 +60,17 @@ trap 'tar -czf "$out/logs.tar.gz" -C "$logs" .' EXIT
 print(jax.devices())" 2>&1
 } > "$results"
 cat "$results"
+
+# Issue 18: a converted DiT of mdlm-owt's shape (random weights: this image has neither the checkpoint nor GPT-2
+# Large, so no MAUVE / Gen PPL) sampled in the exact ReMDM setting, L = 1024, T = 1024 then 2048 while time is left:
+# samples/s, denoiser calls, peak memory for MDLM and ReMDM loop. A separate run: the parts below fill 10 minutes.
+if [ "${MDLM:-0}" = 1 ]; then
+  table1_size=(--random small --num_samples 64 --steps 1024,2048 --dtype bfloat16 --time_limit 480)
+  [ "${SMOKE:-0}" = 1 ] && table1_size=(--smoke --num_samples 8 --steps 32,64)
+  part remdm_table1 540 python3 benchmarks/remdm_table1.py "${table1_size[@]}"
+  echo "done $(date -u)" | tee -a "$results"
+  exit 0
+fi
 
 # In order of importance; the limits add up to 9.75 minutes.
 # Issue 7: MD4-S (12 layers, 12 heads, width 768, V = 50257) at L = 1024, bf16 compute, batch 16 (16k tokens)

@@ -68,6 +68,12 @@ def convert(source: str, input_path: str, output: str, config_path: str = DEFAUL
   if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
     raise ValueError(f"--output {output!r} exists and is not an empty folder; converted weights go to a new workdir")
   loaded = mdlm_weights.load(input_path, num_heads=num_heads, time_conditioning=time_conditioning)
+  return write_workdir(loaded, output, config_path, scan_layers=scan_layers)
+
+
+def write_workdir(loaded: mdlm_weights.Loaded, output: str, config_path: str = DEFAULT_CONFIG, *,
+                  scan_layers: bool = False) -> str:
+  """config.json and a step-0 checkpoint of `loaded` in `output` (checks the vocabulary first)."""
   config = converted_config(config_base.load_experiment(config_path), loaded.architecture, scan_layers)
   exp = experiment_lib.build(config, inference=True)
   network = stack_blocks(loaded.params, loaded.architecture.num_layers) if scan_layers else loaded.params

@@ -86,7 +86,8 @@ def test_every_parameter_is_partitioned_for_fsdp():
 @pytest.mark.parametrize("size, expected", [("small", 169_627_218), ("reduced", 13_592_018)])
 def test_parameter_counts_of_the_released_sizes(size, expected):
   """mdlm_dit.md: ~169.6M (mdlm-owt) and 13.6M (ReMDM's reduced net), from the closed form of the layers."""
-  d, c, v1, n = MDLM_DIT_SIZES[size]["width"], MDLM_DIT_SIZES[size]["cond_dim"], 50258, MDLM_DIT_SIZES[size]["num_layers"]
+  sizes, v1 = MDLM_DIT_SIZES[size], 50258
+  d, c, n = sizes["width"], sizes["cond_dim"], sizes["num_layers"]
   block = 2 * d + 3 * d * d + d * d + (d * 4 * d + 4 * d) + (4 * d * d + d) + (c * 6 * d + 6 * d)
   closed = v1 * d + (256 * c + c) + (c * c + c) + n * block + d + (d * v1 + v1) + (c * 2 * d + 2 * d)
   abstract = nnx.eval_shape(lambda: MDLMDiT(MDLMDiTConfig(vocab_size=50257, **MDLM_DIT_SIZES[size]), rngs=nnx.Rngs(0)))

@@ -15,7 +15,8 @@ Caching (config.cache, for a denoiser that ignores t; remdm.md §2.3): the last 
 of the batch has changed since it was computed, so cached and uncached runs give identical samples.
 
 Final step (md4.md §3 'decode', remdm.md §2.8): masks left at the last s (alpha = 1 - eps) are filled from the
-denoiser at t = 0 (grid 'remdm': at t = 1e-5, as the reference) by argmax ('argmax', as both references) or by a draw ('sample'); other tokens are kept.
+denoiser at t = 0 (grid 'remdm': at t = 1e-5, as the reference) by argmax ('argmax', as both references) or by a
+draw ('sample'); other tokens are kept.
 """
 
 from __future__ import annotations
