@@ -23,7 +23,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -118,25 +117,18 @@ def sampler_functions(graphdef, params, objective: objectives.Objective, cond: j
                       label: int | None) -> dict:
   """The keyword arguments of the sampler call besides key, z_init and config: denoise_fn, and where they apply
   head_fn (the head at drawn positions), guide (D-CBG rows) and genmd4_w."""
-  model = nnx.merge(graphdef, params)
-  unconditional = denoiser(graphdef, params)
+  w = nnx.merge(graphdef, params).genmd4_w
   if guide.kind == "cfg" and guide.gamma != 1:  # gamma = 1 is the conditional model itself: one call per step
-    return {"denoise_fn": guidance.cfg_denoiser(denoiser(graphdef, params, cond), unconditional, guide.gamma),
-            "genmd4_w": model.genmd4_w}
-  if guide.kind == "cbg":
-    classify = classifier(*guide.classifier)
-    if objective.uses_schedule_exponents:  # the sampler's D-CBG rows do not combine with genmd4_w
-      return {"denoise_fn": guidance.cbg_denoiser(unconditional, classify, label, guide.gamma),
-              "genmd4_w": model.genmd4_w}
-    rows = guidance.cbg_guide(classify, label, guide.gamma)
-    factored = factored_denoiser(graphdef, params) if objective.head_at_drawn else None
-    if factored:
-      return {"denoise_fn": factored[0], "head_fn": factored[1], "guide": rows}
-    return {"denoise_fn": unconditional, "guide": rows}
+    cfg = guidance.cfg_denoiser(denoiser(graphdef, params, cond), denoiser(graphdef, params), guide.gamma)
+    return {"denoise_fn": cfg, "genmd4_w": w}
+  if guide.kind == "cbg" and w is not None:  # the sampler's D-CBG rows do not combine with genmd4_w
+    cbg = guidance.cbg_denoiser(denoiser(graphdef, params), classifier(*guide.classifier), label, guide.gamma)
+    return {"denoise_fn": cbg, "genmd4_w": w}
+  out = {"guide": guidance.cbg_guide(classifier(*guide.classifier), label, guide.gamma)} if guide.kind == "cbg" else {}
   factored = factored_denoiser(graphdef, params, cond) if objective.head_at_drawn else None
   if factored:
-    return {"denoise_fn": factored[0], "head_fn": factored[1]}
-  return {"denoise_fn": denoiser(graphdef, params, cond), "genmd4_w": model.genmd4_w}
+    return {**out, "denoise_fn": factored[0], "head_fn": factored[1]}
+  return {**out, "denoise_fn": denoiser(graphdef, params, cond), "genmd4_w": w}
 
 
 def auto_batch_size(batch_size: int, num_samples: int, devices: int) -> int:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import config_base, generate, run_config, sampling, sharding
+from md4_jax import config_base, generate, sampling, sharding
 from md4_jax.data import DataInfo
 from md4_jax.model import make_model
+from test_head_at_drawn import _config as _sampler  # sampling.default_config(name), T = 16, fields set
 
 V, L = 11, 12
 OLD = json.load(open(os.path.join(os.path.dirname(__file__), "old_sample_ids.json")))
@@ -34,14 +35,6 @@ def _model(objective="md4", num_classes=3, devices=1):
   params = jax.tree.unflatten(treedef, [p + 0.7 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
   mesh = sharding.make_mesh(config.mesh)
   return graphdef, jax.device_put(params, sharding.replicated(mesh)), mesh
-
-
-def _sampler(name, **fields):
-  config = sampling.default_config(name)
-  config.num_steps = 16
-  for key, value in fields.items():
-    (config.remdm if key in config.remdm else config)[key] = value
-  return config
 
 
 SAMPLERS = {"ancestral": _sampler("ancestral"), "remdm_loop": _sampler("remdm"),
