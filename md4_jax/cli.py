@@ -58,11 +58,12 @@ def unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str 
 
 def parse(argv: list[str], doc: str, define: Callable, *, prepare: Callable = lambda config: config,
           workdir_help: str = "the training run's directory", need_workdir: bool = True):
-  """(flag values, config) of argv (as sys.argv), or an exit code: 0 after --help, 2 for a usage error.
+  """(flag values, config) of argv (as sys.argv), or an exit code: 0 after --help, 2 for a usage error, 1 for a
+  config that describes another model than the workdir's config.json.
 
-  define(flag_values): defines the binary's own flags. need_workdir=False: --workdir is optional (molecules reads
-  several workdirs of its own flag) and --config then gives the config. prepare(config) -> config: applied to the loaded config
-  before the overrides (a binary's defaults). The config comes back locked.
+  define(flag_values): defines the binary's own flags. prepare(config) -> config: applied to the loaded config
+  before the overrides (a binary's defaults). need_workdir=False: --workdir is optional (molecules reads several
+  workdirs of its own flag) and --config gives the config. The config comes back locked.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top

@@ -12,8 +12,9 @@ of them except num_steps (from --steps), name and strategy (from the method).
 
 Quality (md4_jax.quality, remdm.md §3.1): the mean per-sample token entropy (nats); with a scorer, Gen PPL
 (token-weighted over all samples; ReMDM's EOS mask for GPT-2 data) and MAUVE against the 'data' row (num_samples
-validation examples, in order). Scorers: an 'ar' checkpoint of this codebase (--scorer_workdir, with --scorer_config for a workdir without config.json;
-diffusion.objective='ar'; its numbers compare only with each other) or GPT-2 Large (--gpt2_large=FOLDER).
+validation examples, in order). Scorers: an 'ar' checkpoint of this codebase (--scorer_workdir; --scorer_config
+for a workdir without config.json; diffusion.objective='ar'; its numbers compare only with each other) or GPT-2
+Large (--gpt2_large=FOLDER).
 Time: each (method, T) is compiled by a warm-up batch first (warmup_s); wall_s is then the time of all
 num_samples samples; nfe is the denoiser calls per batch.
 

@@ -63,7 +63,8 @@ def test_a_contradicting_model_is_refused_with_the_difference(run, name, capsys)
 
 
 def test_training_resumes_from_the_workdir_alone(run):
-  assert train.main(["prog", f"--workdir={run}", "--config.train.num_steps=4", "--config.train.checkpoint_every=2"]) == 0
+  assert train.main(["prog", f"--workdir={run}", "--config.train.num_steps=4",
+                     "--config.train.checkpoint_every=2"]) == 0
   assert sorted(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit()) == [2, 4]
   assert run_config.load(str(run)).train.num_steps == 2  # the config of the first start is kept
 
