@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from md4_jax import config_base, evaluate, train  # noqa: E402
+from md4_jax import config_base, evaluation, train  # noqa: E402
 
 
 class _CompileCounter(logging.Handler):
@@ -81,7 +81,7 @@ def _reevaluate(config, workdir: str, seeds: int) -> list[float]:
   for seed in range(1, seeds + 1):
     config_seed = config.copy_and_resolve_references()
     config_seed.seed = config.seed + 100 * seed
-    out.append(evaluate.evaluate_checkpoint(config_seed, workdir)["eval/bits_per_token"])
+    out.append(evaluation.evaluate_checkpoint(config_seed, workdir)["eval/bits_per_token"])
   return out
 
 

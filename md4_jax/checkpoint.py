@@ -56,12 +56,13 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, met
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def _diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """'field: checkpoint a vs config b' for each field where two fingerprints differ."""
   out = []
   for key in sorted(set(saved) | set(current)):
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
-      out += _diff(a, b, f"{prefix}{key}.")
+      out += differences(a, b, f"{prefix}{key}.")
     elif a != b:
       out.append(f"{prefix}{key}: checkpoint {a!r} vs config {b!r}")
   return out
@@ -75,7 +76,7 @@ def check_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
   network = saved.get("model", {}).get("network", {})
   if "scan_layers" in meta["model"].get("network", {}):  # written before scan_layers existed: unrolled blocks
     network.setdefault("scan_layers", False)
-  diffs = _diff(_without_runtime(saved), meta)
+  diffs = differences(_without_runtime(saved), meta)
   if diffs:
     raise ValueError(f"checkpoint {manager.directory}/{step} belongs to another model config; use another "
                      "--workdir or matching flags. Differences:\n  " + "\n  ".join(diffs))

@@ -6,7 +6,6 @@ Shared by training, evaluation and sampling, so each restores checkpoints onto t
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ from flax import nnx
 
 from md4_jax import checkpoint
 from md4_jax import data as data_lib
+from md4_jax import objectives
 from md4_jax import optim
 from md4_jax import sharding
 from md4_jax import train_state as train_state_lib
@@ -39,9 +39,8 @@ class Experiment:
 
   @property
   def tokens_per_example(self) -> int:
-    """What bits per token divide by: L (tokens, characters or dimensions), or 1 for a 'classifier' model
-    (whose per-example "NELBO" is the cross-entropy of its one label)."""
-    return 1 if self.config.diffusion.objective == "classifier" else math.prod(self.info.data_shape)
+    """What bits per token divide by (md4_jax.objectives: L, or 1 for a label predictor)."""
+    return objectives.get(self.config.diffusion.objective).tokens_per_example(self.info.data_shape)
 
   @property
   def params_sharding(self) -> dict:

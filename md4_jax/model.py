@@ -17,20 +17,16 @@ from flax import nnx
 
 from md4_jax import diffusion
 from md4_jax import genmd4
-from md4_jax import udlm
+from md4_jax import objectives
 from md4_jax.nn import SIZES, make_network
 from md4_jax.schedules import MaskingSchedule, make_schedule
 
-OBJECTIVES = ("md4", "genmd4", "ar", "udlm", "classifier")
-# 'ar': a causal left-to-right baseline / Gen-PPL scorer. 'udlm': uniform-noise diffusion (md4_jax/udlm.py),
-# sampled with udlm.sample, not md4_jax.sampling. 'classifier': a noisy property classifier p(y | z_t, t) on
-# MD4-masked inputs (the classifier of D-CBG, md4_jax/guidance.py); its "NELBO" is the cross-entropy of the label.
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """The `config.diffusion` group as a typed value."""
-  objective: str = "md4"       # one of OBJECTIVES
+  objective: str = "md4"       # a name of md4_jax.objectives (the registry)
   schedule: str = "linear"     # a make_schedule name (GenMD4: the per-token poly, this is ignored)
   eps: float = 1e-4
   antithetic: bool = True
@@ -39,9 +35,7 @@ class DiffusionConfig:
   power_init: float = 1.0      # GenMD4: initial w
 
   def __post_init__(self):
-    if self.objective not in OBJECTIVES:
-      raise ValueError(f"unknown diffusion.objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
-    if self.objective == "genmd4" and not self.cont_time:
+    if objectives.get(self.objective).uses_schedule_exponents and not self.cont_time:
       raise ValueError("diffusion.objective='genmd4' needs diffusion.cont_time=True")
     make_schedule(self.schedule, self.eps)
 
@@ -73,7 +67,7 @@ class DiffusionModel(nnx.Module):
     self.diffusion_config = diffusion_config
     self.vocab_size = vocab_size
     self.w_raw = (nnx.Param(genmd4.init_w_raw(vocab_size, diffusion_config.power_init))
-                  if diffusion_config.objective == "genmd4" else None)
+                  if objectives.get(diffusion_config.objective).uses_schedule_exponents else None)
 
   @property
   def genmd4_w(self) -> jax.Array | None:
@@ -127,34 +121,12 @@ class DiffusionModel(nnx.Module):
     With label_dropout > 0, each example's label cond [B] is replaced by the null id num_classes with that
     probability (classifier-free guidance training, Ho & Salimans 2022; D-CFG, Schiff et al. 2024).
     """
-    c = self.diffusion_config
-    if c.objective == "classifier":
-      if cond is None:
-        raise ValueError("diffusion.objective='classifier' needs labelled data (the dataset has num_classes=0)")
-      key_t, key_mask = jax.random.split(key)
-      t = diffusion.sample_times(key_t, x.shape[0], c.antithetic)  # [B]
-      z_t = diffusion.mask_tokens(key_mask, x, c.masking_schedule.alpha(t), self.vocab_size)
-      nll = -jnp.take_along_axis(self.classifier_log_probs(z_t, t, rngs=rngs), cond[:, None], axis=-1)[:, 0]
-      return Loss(jnp.mean(nll), nll)
-    if cond is not None and self.label_dropout > 0:
+    objective = objectives.get(self.diffusion_config.objective)
+    if cond is not None and self.label_dropout > 0 and not objective.labels_only:
       key, key_drop = jax.random.split(key)
       drop = jax.random.bernoulli(key_drop, self.label_dropout, cond.shape)  # [B]
       cond = jnp.where(drop, self.num_classes, cond)
-    denoise_fn = self.denoiser(cond, rngs=rngs)
-    if c.objective == "genmd4":
-      result = genmd4.rloo_loss(denoise_fn, key, x, self.genmd4_w, c.eps, c.antithetic)
-      return Loss(result.surrogate, result.nelbo)
-    if c.objective == "ar":
-      nll = -jnp.sum(self.ar_token_log_probs(x, cond, rngs=rngs), axis=-1)
-      return Loss(jnp.mean(nll), nll)
-    if c.objective == "udlm":
-      nelbo = udlm.continuous_nelbo(denoise_fn, key, x, c.masking_schedule, c.antithetic)
-      return Loss(jnp.mean(nelbo), nelbo)
-    if c.cont_time:
-      nelbo = diffusion.continuous_nelbo(denoise_fn, key, x, c.masking_schedule, c.antithetic)
-    else:
-      nelbo = diffusion.discrete_nelbo(denoise_fn, key, x, c.masking_schedule, c.num_steps)
-    return Loss(jnp.mean(nelbo), nelbo)
+    return Loss(*objective.loss(self, x, key, cond, rngs))
 
 
 CONV_NETWORKS = ("unet", "uvit")
@@ -180,11 +152,13 @@ def make_model(config: ml_collections.ConfigDict, info, seed: int) -> DiffusionM
   """Builds the model of an experiment config (`config.model`, `config.diffusion`) for data `info`."""
   rngs = nnx.Rngs(seed)
   kwargs = network_kwargs(config.model, info.vocab_size, info.num_classes, info.data_shape)
-  if config.diffusion.objective == "ar":
+  objective = objectives.get(config.diffusion.objective)
+  if objective.network:
     if config.model.kind != "transformer":
-      raise ValueError(f"diffusion.objective='ar' needs model.kind='transformer'; got {config.model.kind!r}")
-    kwargs.update(causal=True, time_conditioning=False)
-  if config.diffusion.objective == "classifier":
+      raise ValueError(f"diffusion.objective={objective.name!r} needs model.kind='transformer'; got "
+                       f"{config.model.kind!r}")
+    kwargs.update(objective.network)
+  if objective.labels_only:
     if config.model.kind != "transformer" or not info.num_classes:
       raise ValueError("diffusion.objective='classifier' needs model.kind='transformer' and labelled data; got "
                        f"{config.model.kind!r} on data with num_classes={info.num_classes}")

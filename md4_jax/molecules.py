@@ -1,9 +1,12 @@
 """Novelty versus property of generated QM9 molecules (ReMDM §5.2, remdm.md §3.4).
 
     python -m md4_jax.molecules --config experiments/qm9.py --workdirs /tmp/md4_qm9 \
-        --samplers ancestral "remdm:strategy=rescale,eta=0.9" "remdm:strategy=conf,t_switch=0.5" \
+        --samplers ancestral --samplers remdm:strategy=rescale,eta=0.9 --samplers remdm:strategy=conf,t_switch=0.5 \
         --guidance cfg,cbg --classifier /tmp/qm9_classifier --gammas 0,1,2 --steps 32,64 --seeds 0,1 \
         --num_samples 256 --out /tmp/qm9_eval
+
+--config gives the data (the reference set, data.label); each model's config is its workdir's config.json (or
+--config with WORKDIR:dotted.key=value options, for a workdir written before config.json existed).
 
 For every (model, sampler, guidance, gamma, T, seed) it draws `num_samples` SMILES steered toward label 1
 (property >= its 90th percentile) by D-CFG (gamma 0: unconditional, 1: conditional; label-conditioned models) or
@@ -14,21 +17,20 @@ Writes results.csv, results.md (a markdown table) and frontier.png (novel count 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from md4_jax import cli
 from md4_jax import config_base
 from md4_jax import experiment as experiment_lib
-from md4_jax import guidance
-from md4_jax import sample_writer
+from md4_jax import generate
+from md4_jax import objectives
+from md4_jax import run_config
 from md4_jax import sampling
 from md4_jax.data import qm9
 from md4_jax.data.interface import split_bounds
@@ -83,46 +85,11 @@ def sampler_config(spec: str, experiment_sampler: ml_collections.ConfigDict, num
 GUIDANCE = ('cfg', 'cbg')
 
 
-@dataclasses.dataclass(frozen=True)
-class Guide:
-  """How samples are steered toward label 1: kind 'none' (unguided), 'cfg' (D-CFG of a label-conditioned model)
-  or 'cbg' (D-CBG with a noisy classifier, `classifier` = its (graphdef, params)), with strength gamma."""
-  kind: str
-  gamma: float = 0.0
-  classifier: tuple | None = None
-
-  def denoiser(self, graphdef, params, batch_size: int) -> tuple[jax.tree_util.Partial, jax.tree_util.Partial | None]:
-    """(denoise_fn, guide) for `sampling.sample(denoise_fn, ..., guide=guide)`."""
-    uncond = sample_writer.denoiser(graphdef, params)
-    if self.kind == 'none':
-      return uncond, None
-    if self.kind == 'cbg':  # the classifier runs only where tokens are drawn (guidance.cbg_guide)
-      return uncond, guidance.cbg_guide(sample_writer.classifier(*self.classifier), 1, self.gamma)
-    cond = sample_writer.denoiser(graphdef, params, jnp.ones((batch_size,), jnp.int32))
-    # gamma = 1 is the conditional model itself: one network call per step instead of two
-    return (cond if self.gamma == 1 else guidance.cfg_denoiser(cond, uncond, self.gamma)), None
-
-
-def generate(graphdef, params, vocab_size: int, length: int, config: ml_collections.ConfigDict,
-             guide: Guide, num_samples: int, batch_size: int, key: jax.Array, *,
-             objective: str = 'md4') -> np.ndarray:
-  """Token ids int32 [num_samples, L] from the model `graphdef, params` (trained with `objective`) under `guide`."""
-  out = []
-  for index, first in enumerate(range(0, num_samples, batch_size)):
-    size = min(batch_size, num_samples - first)
-    denoise_fn, row_guide = guide.denoiser(graphdef, params, size)
-    z_init = jnp.full((size, length), vocab_size, jnp.int32)
-    tokens, _ = sample_writer.draw(objective, denoise_fn, jax.random.fold_in(key, index), z_init, config,
-                                   guide=row_guide)
-    out.append(np.asarray(tokens))
-  return np.concatenate(out)
-
-
 def model_config(spec: str, base: ml_collections.ConfigDict) -> tuple[str, ml_collections.ConfigDict]:
-  """'WORKDIR' or 'WORKDIR:key=value,...' (dotted config fields the run was trained with, e.g.
-  diffusion.objective=udlm) -> (workdir, the experiment config with them, on one device)."""
+  """'WORKDIR' or 'WORKDIR:key=value,...' -> (workdir, its config on one device): WORKDIR/config.json, else `base`
+  with the dotted config fields the run was trained with (e.g. diffusion.objective=udlm)."""
   workdir, _, rest = spec.partition(':')
-  config = ml_collections.ConfigDict(base.to_dict())
+  config = run_config.load(workdir) or ml_collections.ConfigDict(base.to_dict())
   config.mesh.data, config.mesh.fsdp = 1, 1
   for item in filter(None, rest.split(',')):
     key, sep, value = item.partition('=')
@@ -171,20 +138,21 @@ def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
   plt.close(fig)
 
 
-def _guides(exp, names: list[str], gammas: list[float], classifier) -> list[Guide]:
+def _guides(exp, names: list[str], gammas: list[float], classifier) -> list[generate.Guide]:
   """The guides a model supports among `names`: D-CFG needs a label-conditioned model, D-CBG a masked model
   (its classifier reads MD4-masked inputs) and a classifier; a model with neither runs once unguided."""
   guides = []
   if 'cfg' in names and exp.info.num_classes:
-    guides += [Guide('cfg', g) for g in gammas]
-  if 'cbg' in names and exp.config.diffusion.objective in ('md4', 'genmd4'):
-    guides += [Guide('cbg', g, classifier) for g in gammas]
-  return guides or [Guide('none')]
+    guides += [generate.Guide('cfg', g) for g in gammas]
+  if 'cbg' in names and objectives.get(exp.config.diffusion.objective).sampler == objectives.MASKED:
+    guides += [generate.Guide('cbg', g, classifier) for g in gammas]
+  return guides or [generate.Guide('none')]
 
 
 def load_classifier(config: ml_collections.ConfigDict, workdir: str, label: str) -> tuple:
-  """(graphdef, EMA params) of the 'classifier' run of `config` in `workdir`, checked to predict `label`."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  """(graphdef, EMA params) of the 'classifier' run in `workdir` (its config.json, else `config`), checked to
+  predict `label`."""
+  config = run_config.load(workdir) or ml_collections.ConfigDict(config.to_dict())
   config.mesh.data, config.mesh.fsdp = 1, 1
   if config.diffusion.objective != 'classifier':
     raise ValueError(f"the classifier config trains diffusion.objective={config.diffusion.objective!r}; D-CBG "
@@ -195,39 +163,57 @@ def load_classifier(config: ml_collections.ConfigDict, workdir: str, label: str)
   return restored.exp.graphdef, restored.params
 
 
+def define_flags(fv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_multi_string('workdirs', None, 'a training workdir, one model each (repeat the flag), as WORKDIR or '
+                            'WORKDIR:dotted.key=value,... (fields of a run without config.json)', flag_values=fv)
+  flags.DEFINE_multi_string('samplers', ['ancestral'], 'a sampler spec (repeat the flag): name or '
+                            'name:key=value,...', flag_values=fv)
+  flags.DEFINE_list('guidance', ['cfg'], f'of: {", ".join(GUIDANCE)}', flag_values=fv)
+  flags.DEFINE_string('classifier', None, "workdir of a 'classifier' run (needed by --guidance cbg)", flag_values=fv)
+  flags.DEFINE_string('classifier_config', None, "the classifier run's experiment file, for a workdir without "
+                      'config.json (default: qm9_classifier.py next to --config)', flag_values=fv)
+  flags.DEFINE_enum('label', None, PROPERTIES, "the property the runs were trained for (default: the config's "
+                    "data.label); sets data.label of the models' and the classifier's configs", flag_values=fv)
+  flags.DEFINE_list('gammas', ['1'], 'guidance strengths', flag_values=fv)
+  flags.DEFINE_list('steps', ['32'], 'sampler steps T', flag_values=fv)
+  flags.DEFINE_list('seeds', ['0'], 'sampling seeds', flag_values=fv)
+  flags.DEFINE_integer('num_samples', 256, 'samples per row', flag_values=fv)
+  flags.DEFINE_integer('batch_size', 256, 'samples per sampler call', flag_values=fv)
+  flags.DEFINE_string('out', None, 'output folder', flag_values=fv)
+
+
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help='experiment file (experiments/qm9.py)')
-  parser.add_argument('--workdirs', nargs='+', required=True,
-                      help="training workdirs, one model each, as WORKDIR or WORKDIR:diffusion.objective=udlm,...")
-  parser.add_argument('--samplers', nargs='+', default=['ancestral'])
-  parser.add_argument('--guidance', default='cfg', help=f'comma-separated, of: {", ".join(GUIDANCE)}')
-  parser.add_argument('--classifier', help="workdir of a 'classifier' run (needed by --guidance cbg)")
-  parser.add_argument('--classifier_config', help='the classifier run\'s experiment file (default: '
-                      'qm9_classifier.py next to --config)')
-  parser.add_argument('--label', choices=PROPERTIES, help="the property the runs were trained for (default: "
-                      "the config's data.label); sets data.label of the models' and the classifier's configs")
-  parser.add_argument('--gammas', default='1', help='comma-separated guidance strengths')
-  parser.add_argument('--steps', default='32', help='comma-separated T')
-  parser.add_argument('--seeds', default='0', help='comma-separated sampling seeds')
-  parser.add_argument('--num_samples', type=int, default=256)
-  parser.add_argument('--batch_size', type=int, default=256)
-  parser.add_argument('--out', required=True)
-  args = parser.parse_args(argv)
-  names = list(filter(None, args.guidance.split(',')))
+  """`python -m md4_jax.molecules` (argv as sys.argv): bad input (a missing checkpoint, a mismatched classifier, a
+  bad sampler or model option) ends with one line and a non-zero exit status."""
+  config_path = cli.flag_value(argv, 'config')[0]
+  return cli.run(argv, __doc__, define_flags, lambda args, base: _evaluate(args, base, config_path), need_workdir=False)
+
+
+def _usage(message: str) -> int:
+  print(f'usage error: {message}', file=sys.stderr)
+  return 2
+
+
+def _evaluate(args, base: ml_collections.ConfigDict, config_path: str | None) -> int | None:
+  """Every (model, sampler, guidance, gamma, T, seed) row of the module docstring, written as it is measured;
+  2 for a usage error."""
+  names = args.guidance
   for name in names:
     if name not in GUIDANCE:
-      parser.error(f'unknown --guidance {name!r}; valid: {", ".join(GUIDANCE)}')
+      return _usage(f'unknown --guidance {name!r}; valid: {", ".join(GUIDANCE)}')
   if 'cbg' in names and not args.classifier:
-    parser.error('--guidance cbg needs --classifier WORKDIR (a run of experiments/qm9_classifier.py)')
-  base = config_base.load_experiment(args.config)
+    return _usage('--guidance cbg needs --classifier WORKDIR (a run of experiments/qm9_classifier.py)')
+  if not args.workdirs or not args.out:
+    return _usage('give --workdirs and --out')
+  base = base.copy_and_resolve_references()
   if args.label:
     base.data.label = args.label
   prop = base.data.label if base.data.label != 'none' else 'rings'
   classifier = None
   if 'cbg' in names:
     classifier_config = config_base.load_experiment(
-        args.classifier_config or os.path.join(os.path.dirname(args.config), 'qm9_classifier.py'))
+        args.classifier_config or os.path.join(os.path.dirname(config_path or '.'), 'qm9_classifier.py'))
     if args.label:
       classifier_config.data.label = args.label
     classifier = load_classifier(classifier_config, args.classifier, prop)
@@ -235,7 +221,7 @@ def main(argv: list[str]) -> int:
   train_stop = split_bounds(len(molecules['smiles']), base.data.train_fraction,
                             base.data.validation_fraction)['train'][1]
   reference = set(molecules['smiles'][:train_stop].tolist())
-  gammas = [float(g) for g in args.gammas.split(',')]
+  gammas = [float(g) for g in args.gammas]
   rows = []
   for spec_workdir in args.workdirs:
     workdir, config = model_config(spec_workdir, base)
@@ -243,14 +229,17 @@ def main(argv: list[str]) -> int:
     exp = restored.exp
     objective = exp.config.diffusion.objective
     for spec in args.samplers:
-      if objective == 'udlm' and spec.partition(':')[0] != 'ancestral':
+      if objectives.get(objective).sampler == objectives.UNIFORM and spec.partition(':')[0] != 'ancestral':
         continue  # ReMDM samplers are for masked models
-      for steps in [int(s) for s in args.steps.split(',')]:
+      for steps in [int(s) for s in args.steps]:
         sampler = sampler_config(spec, config.sampler, steps)
         for guide in _guides(exp, names, gammas, classifier):
-          for seed in [int(s) for s in args.seeds.split(',')]:
-            tokens = generate(exp.graphdef, restored.params, exp.info.vocab_size, exp.info.data_shape[0], sampler,
-                              guide, args.num_samples, args.batch_size, jax.random.key(seed), objective=objective)
+          for seed in [int(s) for s in args.seeds]:
+            tokens, _ = generate.generate(exp.graphdef, restored.params, sampler,
+                                          np.full((args.num_samples,) + tuple(exp.info.data_shape), exp.info.vocab_size,
+                                                  np.int32),
+                                          generate.seed_key(seed), mesh=exp.mesh, batch_size=args.batch_size,
+                                          label=None if guide.kind == 'none' else 1, guide=guide)
             s = score(list(exp.info.decode(tokens)), reference, prop)
             rows.append(dict(model=os.path.basename(os.path.normpath(workdir)), sampler=f'{objective}:{spec}',
                              guidance=guide.kind, gamma='-' if guide.kind == 'none' else guide.gamma, steps=steps,
@@ -258,18 +247,12 @@ def main(argv: list[str]) -> int:
             print(rows[-1], file=sys.stderr, flush=True)
             write_outputs(rows, args.out, prop)  # after every row: a crash keeps what was measured
   print(open(os.path.join(args.out, 'results.md')).read())
-  return 0
 
 
-def run() -> int:
-  """`python -m md4_jax.molecules`: bad input (a missing checkpoint, a mismatched classifier, a bad sampler or
-  model option) ends with one 'error:' line and exit status 1."""
-  try:
-    return main(sys.argv[1:])
-  except (ValueError, OSError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 1
+def run() -> None:
+  """Console entry point and `python -m md4_jax.molecules`."""
+  sys.exit(main(sys.argv))
 
 
 if __name__ == '__main__':
-  sys.exit(run())
+  run()

@@ -36,3 +36,15 @@ def load(workdir: str) -> ml_collections.ConfigDict | None:
     except json.JSONDecodeError as error:
       raise ValueError(f"{path(workdir)} is not a valid config file ({error}); pass --config") from error
   return ml_collections.ConfigDict(tree)
+
+
+def check(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """ValueError listing the differences if `config` describes another model (checkpoint.fingerprint) than the
+  config `saved` in `workdir`."""
+  from md4_jax import checkpoint  # pylint: disable=g-import-not-at-top  # (Orbax: only where it is compared)
+  as_json = lambda config: json.loads(json.dumps(checkpoint.fingerprint(config)))  # tuples read back as lists
+  diffs = checkpoint.differences(as_json(saved), as_json(config))
+  if diffs:
+    raise ValueError(f"{path(workdir)} describes another model than this config; use another --workdir or "
+                     "matching flags. Differences:\n  " + "\n  ".join(d.replace(": checkpoint ", ": saved ", 1)
+                                                                       for d in diffs))

@@ -1,10 +1,11 @@
 """Samples from a checkpoint with the MD4 ancestral sampler (the experiment's own `config.sampler`).
 
-    python -m md4_jax.sample_ancestral --config experiments/demo.py --workdir /tmp/md4_demo \\
+    python -m md4_jax.sample_ancestral --workdir /tmp/md4_demo \\
         [--num_samples=16 --batch_size=0 --seed=0 --step=N --output=PATH --prefix_file=F | --infill_file=F \\
          --label=K --config.sampler.num_steps=256 ...]
 
-Writes PATH.txt (one sample per line) + PATH.jsonl (token ids), or PATH.png for images. See md4_jax.sample_lib.
+Writes PATH.txt (one sample per line) + PATH.jsonl (token ids), or PATH.png for images (md4_jax.generate).
+The run's config comes from WORKDIR/config.json; --config FILE is still accepted and checked against it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Samples from a checkpoint with the ReMDM remasking sampler (`sampling.default_config("remdm")`: loop,
 eta = 0.02, T = 1024, top-p 0.9; the model's schedule and eps from the experiment).
 
-    python -m md4_jax.sample_remdm --config experiments/demo.py --workdir /tmp/md4_demo \\
+    python -m md4_jax.sample_remdm --workdir /tmp/md4_demo \\
         [--config.sampler.remdm.strategy=cap --config.sampler.remdm.eta=0.04 --config.sampler.num_steps=128 ...]
 
 Same flags and outputs as md4_jax.sample_ancestral; only the default sampler differs. See md4_jax.sample_lib.

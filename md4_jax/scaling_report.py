@@ -1,9 +1,9 @@
 """Inference-time scaling of one checkpoint: quality versus the number of sampler steps T, per sampler, in the
 shape of ReMDM's Table 1 (remdm.md §3.2), with each run's denoiser calls and wall time.
 
-    python -m md4_jax.scaling_report --config experiments/demo.py --workdir /tmp/md4_demo \\
+    python -m md4_jax.scaling_report --workdir /tmp/md4_demo \\
         [--steps=16,32,64,128 --methods=ancestral,mdlm,cap,rescale,loop --num_samples=64 --batch_size=0 --seed=0 \\
-         --output_dir=DIR --scorer_config=experiments/X.py --scorer_workdir=DIR2 --config.sampler.remdm.eta=0.04]
+         --output_dir=DIR --scorer_workdir=DIR2 --config.sampler.remdm.eta=0.04]
 
 Methods: 'ancestral' (the experiment's own MD4 sampler config), 'mdlm' (ReMDM's settings with sigma = 0: the MDLM
 posterior, Table 1's MDLM†), 'fb', 'dfm' (the corrector baselines) and the ReMDM strategies 'cap', 'rescale',
@@ -12,8 +12,9 @@ of them except num_steps (from --steps), name and strategy (from the method).
 
 Quality (md4_jax.quality, remdm.md §3.1): the mean per-sample token entropy (nats); with a scorer, Gen PPL
 (token-weighted over all samples; ReMDM's EOS mask for GPT-2 data) and MAUVE against the 'data' row (num_samples
-validation examples, in order). Scorers: an 'ar' checkpoint of this codebase (--scorer_config / --scorer_workdir,
-diffusion.objective='ar'; its numbers compare only with each other) or GPT-2 Large (--gpt2_large=FOLDER).
+validation examples, in order). Scorers: an 'ar' checkpoint of this codebase (--scorer_workdir; --scorer_config
+for a workdir without config.json; diffusion.objective='ar'; its numbers compare only with each other) or GPT-2
+Large (--gpt2_large=FOLDER).
 Time: each (method, T) is compiled by a warm-up batch first (warmup_s); wall_s is then the time of all
 num_samples samples; nfe is the denoiser calls per batch.
 
@@ -33,8 +34,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from md4_jax import atomic
+from md4_jax import cli
 from md4_jax import data as data_lib
+from md4_jax import experiment
+from md4_jax import generate
 from md4_jax import quality
+from md4_jax import run_config
 from md4_jax import sample_lib
 from md4_jax import sampling
 from md4_jax import sharding as sharding_lib
@@ -63,9 +69,11 @@ def method_config(method: str, num_steps: int, ancestral_base: ml_collections.Co
 
 
 def for_scorer(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
-  """A scorer's config with its (training) batch sizes fitted to `batch_size`, so it builds on any device count."""
+  """A scorer's config with its (training) batch sizes fitted to `batch_size`, so it builds on any device count,
+  its parameters replicated over every device."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
+    config.mesh.data, config.mesh.fsdp = -1, 1
     config.train.batch_size = batch_size * config.train.grad_accum_steps
     config.train.eval_batch_size = batch_size
   return config
@@ -83,13 +91,13 @@ def _quality(tokens: np.ndarray, scorer: quality.Scorer | None, eos_id: int | No
   return out
 
 
-def run_report(restored: sample_lib.Restored, bases: dict[str, ml_collections.ConfigDict], methods: list[str],
+def run_report(restored: experiment.Restored, bases: dict[str, ml_collections.ConfigDict], methods: list[str],
                steps: list[int], *, num_samples: int, batch_size: int, seed: int, output_dir: str,
                scorer: quality.Scorer | None = None, reference: np.ndarray | None = None,
                mauve: bool = True) -> list[dict]:
   """Samples num_samples per (method, T) and measures them (module docstring); returns one dict per run
   (COLUMNS), the 'data' row first when `reference` tokens are given. bases: 'ancestral' and 'remdm' sampler
-  configs, as from sample_lib.resolve_config. MAUVE needs a scorer (its features) and `reference`."""
+  configs, as from sample_lib.prepare. MAUVE needs a scorer (its features) and `reference`."""
   info = restored.exp.info
   z_init = sample_lib.z_init_from_prompts(None, info, num_samples)
   eos_id = gpt2_tokenizer.EOS_ID if info.vocab_size == gpt2_tokenizer.VOCAB_SIZE else None
@@ -103,13 +111,14 @@ def run_report(restored: sample_lib.Restored, bases: dict[str, ml_collections.Co
   for method in methods:
     for num_steps in steps:
       config = method_config(method, num_steps, bases["ancestral"], bases["remdm"])
-      key = jax.random.key(seed)
+      key, exp = generate.seed_key(seed), restored.exp
+      draw = lambda z, **kw: generate.generate(exp.graphdef, restored.params, config, z, key, mesh=exp.mesh,
+                                               batch_size=batch_size, **kw)  # pylint: disable=cell-var-from-loop
       start = time.time()
-      sample_lib.generate(restored, config, z_init[:batch_size], key, batch_size=batch_size)  # compile
+      draw(z_init[:batch_size])  # compile
       warmup_s = time.time() - start
-      tokens, stats = sample_lib.generate(restored, config, z_init, key, batch_size=batch_size,
-                                          progress=f"{method} T={num_steps}")
-      sample_lib.write_samples(os.path.join(output_dir, "samples", f"{method}_T{num_steps}"), tokens, info)
+      tokens, stats = draw(z_init, progress=f"{method} T={num_steps}")
+      generate.write_samples(os.path.join(output_dir, "samples", f"{method}_T{num_steps}"), tokens, info)
       rows.append({"method": method, "num_steps": num_steps, "nfe": stats["nfe"], "wall_s": stats["wall_s"],
                    "warmup_s": warmup_s, **_quality(tokens, scorer, eos_id, reference_features)})
   return rows
@@ -174,16 +183,11 @@ def plot(rows: list[dict], path: str, title: str) -> bool:
     ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path + ".tmp", format="png", dpi=120)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=120)
   plt.close(fig)
-  os.replace(path + ".tmp", path)
+  atomic.write(path, png.getvalue())
   return True
-
-
-def _write_atomic(path: str, text: str) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
 
 
 def reference_tokens(config: ml_collections.ConfigDict, num_samples: int, seed: int) -> np.ndarray:
@@ -213,71 +217,79 @@ def main(argv: list[str]) -> int:
   """`python -m md4_jax.scaling_report` (argv as sys.argv); returns the exit code."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  fv = flags.FlagValues()
-  sample_lib.define_common_flags(fv, argv)
-  flags.DEFINE_string("steps", "16,32,64,128", "sampler steps T, comma-separated", flag_values=fv)
-  flags.DEFINE_list("methods", ["ancestral", "mdlm", "cap", "rescale", "loop"], f"samplers, from {', '.join(METHODS)}",
-                    flag_values=fv)
-  flags.DEFINE_integer("num_samples", 64, "samples per (method, T)", flag_values=fv)
-  flags.DEFINE_string("output_dir", None, "default: WORKDIR/scaling_report", flag_values=fv)
-  flags.DEFINE_bool("reference", True, "add a 'data' row (validation examples)", flag_values=fv)
-  config_flags.DEFINE_config_file("scorer_config", None, "experiment config of an 'ar' Gen-PPL scorer",
-                                  flag_values=fv, lock_config=True, sys_argv=list(argv))
-  flags.DEFINE_string("scorer_workdir", None, "workdir of the scorer's checkpoints", flag_values=fv)
-  flags.DEFINE_integer("scorer_step", None, "scorer checkpoint step (default: the latest)", flag_values=fv)
-  flags.DEFINE_string("gpt2_large", None, "a local transformers GPT-2 Large folder: the paper's scorer (GPT-2 "
-                      "tokenised data), instead of --scorer_config", flag_values=fv)
-  flags.DEFINE_bool("mauve", True, "MAUVE against the 'data' row (needs a scorer and --reference)", flag_values=fv)
-  code = sample_lib.parse_flags(fv, argv, __doc__)
-  if code is not None:
-    return code
-  try:
-    steps = _int_list(fv.steps, "steps")
-    methods = [m for m in fv.methods if m]
-    for method in methods:
-      if method not in METHODS:
-        raise ValueError(f"unknown method {method!r} in --methods; valid: {', '.join(METHODS)}")
-    if (fv.scorer_config is None) != (fv.scorer_workdir is None):
-      raise ValueError("give both --scorer_config and --scorer_workdir, or neither")
-    if fv.gpt2_large and fv.scorer_config is not None:
-      raise ValueError("give one scorer: --gpt2_large or --scorer_config / --scorer_workdir")
-    configs = {name: sample_lib.flag_config(fv, name) for name in ("ancestral", "remdm")}
-    bases, config = {name: c.sampler for name, c in configs.items()}, configs["ancestral"]
-    for method in methods:
-      for num_steps in steps:
-        sampling.validate_config(method_config(method, num_steps, bases["ancestral"], bases["remdm"]))
-    batch_size = sample_lib.auto_batch_size(fv.batch_size, fv.num_samples, sharding_lib.make_mesh(config.mesh).size)
-    restored = sample_lib.restore_ema(config, fv.workdir, fv.step)
-    scorer = None
-    if fv.gpt2_large:
-      scorer = quality.gpt2_large_scorer(fv.gpt2_large, batch_size=batch_size)
-    elif fv.scorer_config is not None:
-      scorer_config = for_scorer(sample_lib.resolve_config(
-          fv["scorer_config"].config_filename, fv["scorer_config"].override_values, "ancestral"), batch_size)
-      scorer = quality.ar_scorer(scorer_config, fv.scorer_workdir, fv.scorer_step, batch_size)
-    if scorer is not None:
-      if scorer.vocab_size != restored.exp.info.vocab_size:
-        raise ValueError(f"the scorer {scorer.name} has V={scorer.vocab_size} tokens, the samples V="
-                         f"{restored.exp.info.vocab_size}; score with a model of the same tokenizer")
-    reference = reference_tokens(config, fv.num_samples, fv.seed) if fv.reference else None
-    output_dir = fv.output_dir or os.path.join(fv.workdir, "scaling_report")
-    os.makedirs(output_dir, exist_ok=True)
-    rows = run_report(restored, bases, methods, steps, num_samples=fv.num_samples, batch_size=batch_size,
-                      seed=fv.seed, output_dir=output_dir, scorer=scorer, reference=reference, mauve=fv.mauve)
-    if jax.process_index() != 0:
-      return 0
-    title = (f"{os.path.basename(fv['config'].config_filename)} step {restored.step}: {fv.num_samples} samples per "
-             f"run, {restored.exp.mesh.size} device(s) ({jax.devices()[0].platform})")
-    _write_atomic(os.path.join(output_dir, "report.md"), markdown_table(rows, title))
-    _write_atomic(os.path.join(output_dir, "report.csv"), csv_text(rows))
-    png = plot(rows, os.path.join(output_dir, "report.png"), title)
-    print(markdown_table(rows, title), flush=True)
-    print(f"wrote {output_dir}/report.md, report.csv" + (", report.png" if png else
-          " (no report.png: pip install matplotlib)"), flush=True)
-  except (ValueError, OSError, ImportError) as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    return 1
-  return 0
+
+  def define(fv):
+    sample_lib.define_flags(fv)
+    fv.remove_flag_values(["num_samples", "output", "prefix_file", "infill_file", "label"])
+    flags.DEFINE_string("steps", "16,32,64,128", "sampler steps T, comma-separated", flag_values=fv)
+    flags.DEFINE_list("methods", ["ancestral", "mdlm", "cap", "rescale", "loop"],
+                      f"samplers, from {', '.join(METHODS)}", flag_values=fv)
+    flags.DEFINE_integer("num_samples", 64, "samples per (method, T)", flag_values=fv)
+    flags.DEFINE_string("output_dir", None, "default: WORKDIR/scaling_report", flag_values=fv)
+    flags.DEFINE_bool("reference", True, "add a 'data' row (validation examples)", flag_values=fv)
+    config_flags.DEFINE_config_file("scorer_config", None, "experiment config of an 'ar' Gen-PPL scorer",
+                                    flag_values=fv, lock_config=True, sys_argv=list(argv))
+    flags.DEFINE_string("scorer_workdir", None, "workdir of the scorer's checkpoints", flag_values=fv)
+    flags.DEFINE_integer("scorer_step", None, "scorer checkpoint step (default: the latest)", flag_values=fv)
+    flags.DEFINE_string("gpt2_large", None, "a local transformers GPT-2 Large folder: the paper's scorer (GPT-2 "
+                        "tokenised data), instead of --scorer_config", flag_values=fv)
+    flags.DEFINE_bool("mauve", True, "MAUVE against the 'data' row (needs a scorer and --reference)", flag_values=fv)
+
+  loaded = []  # the config before the binary's sampler and the overrides: each method's base starts from it
+
+  def prepare(config):
+    loaded.append(config.copy_and_resolve_references())
+    return sample_lib.prepare(config, "ancestral")
+
+  return cli.run(argv, __doc__, define, lambda fv, config: _report(fv, config, loaded[0]), prepare=prepare)
+
+
+def _report(fv, config: ml_collections.ConfigDict, loaded: ml_collections.ConfigDict) -> None:
+  """The report the flags `fv` ask for; `loaded`: the config before the binary's sampler and the overrides."""
+  steps = _int_list(fv.steps, "steps")
+  methods = [m for m in fv.methods if m]
+  for method in methods:
+    if method not in METHODS:
+      raise ValueError(f"unknown method {method!r} in --methods; valid: {', '.join(METHODS)}")
+  if fv.scorer_config is not None and fv.scorer_workdir is None:
+    raise ValueError("give both --scorer_config and --scorer_workdir, or neither")
+  if fv.gpt2_large and fv.scorer_workdir is not None:
+    raise ValueError("give one scorer: --gpt2_large or --scorer_config / --scorer_workdir")
+  bases = {"ancestral": config.sampler}
+  bases["remdm"] = sample_lib.prepare(loaded, "remdm").sampler
+  bases["remdm"].update_from_flattened_dict(
+      {k[len("sampler."):]: v for k, v in fv["config"].override_values.items() if k.startswith("sampler.")})
+  for method in methods:
+    for num_steps in steps:
+      sampling.validate_config(method_config(method, num_steps, bases["ancestral"], bases["remdm"]))
+  batch_size = generate.auto_batch_size(fv.batch_size, fv.num_samples, sharding_lib.make_mesh(config.mesh).size)
+  restored = experiment.restore_ema(config, fv.workdir, fv.step)
+  scorer = None
+  if fv.gpt2_large:
+    scorer = quality.gpt2_large_scorer(fv.gpt2_large, batch_size=batch_size)
+  elif fv.scorer_workdir is not None:
+    scorer_config = fv.scorer_config or run_config.load(fv.scorer_workdir)
+    if scorer_config is None:
+      raise ValueError(f"{run_config.path(fv.scorer_workdir)} not found; give the scorer's --scorer_config")
+    scorer = quality.ar_scorer(for_scorer(scorer_config, batch_size), fv.scorer_workdir, fv.scorer_step, batch_size)
+  if scorer is not None and scorer.vocab_size != restored.exp.info.vocab_size:
+    raise ValueError(f"the scorer {scorer.name} has V={scorer.vocab_size} tokens, the samples V="
+                     f"{restored.exp.info.vocab_size}; score with a model of the same tokenizer")
+  reference = reference_tokens(config, fv.num_samples, fv.seed) if fv.reference else None
+  output_dir = fv.output_dir or os.path.join(fv.workdir, "scaling_report")
+  os.makedirs(output_dir, exist_ok=True)
+  rows = run_report(restored, bases, methods, steps, num_samples=fv.num_samples, batch_size=batch_size,
+                    seed=fv.seed, output_dir=output_dir, scorer=scorer, reference=reference, mauve=fv.mauve)
+  if jax.process_index() != 0:
+    return
+  title = (f"{os.path.basename(os.path.normpath(fv.workdir))} step {restored.step}: {fv.num_samples} samples per "
+           f"run, {restored.exp.mesh.size} device(s) ({jax.devices()[0].platform})")
+  atomic.write(os.path.join(output_dir, "report.md"), markdown_table(rows, title))
+  atomic.write(os.path.join(output_dir, "report.csv"), csv_text(rows))
+  png = plot(rows, os.path.join(output_dir, "report.png"), title)
+  print(markdown_table(rows, title), flush=True)
+  print(f"wrote {output_dir}/report.md, report.csv" + (", report.png" if png else
+        " (no report.png: pip install matplotlib)"), flush=True)
 
 
 def run() -> None:

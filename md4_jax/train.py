@@ -1,6 +1,7 @@
 """The one training loop, for every experiment (MD4 and GenMD4, text and images).
 
     python -m md4_jax.train --config experiments/demo.py --workdir /tmp/demo [--config.key=value ...]
+    python -m md4_jax.train --workdir /tmp/demo          # resume: the run's config is WORKDIR/config.json
 
 Reads top to bottom: mesh -> data -> model and abstract state -> shardings -> jitted steps -> resume -> loop.
 The loop body: batch -> step -> maybe log -> maybe evaluate / sample -> maybe checkpoint. SIGTERM saves a
@@ -26,12 +27,13 @@ from flax import nnx
 
 from md4_jax import checkpoint
 from md4_jax import data as data_lib
-from md4_jax import distributed
-from md4_jax import evaluate as evaluate_lib
+from md4_jax import cli
+from md4_jax import evaluation
 from md4_jax import experiment as experiment_lib
 from md4_jax import metrics as metrics_lib
 from md4_jax import optim
-from md4_jax import sample_writer
+from md4_jax import generate
+from md4_jax import run_config
 from md4_jax import sharding
 from md4_jax import train_state as train_state_lib
 from md4_jax.diffusion import bits_per_token
@@ -128,13 +130,16 @@ class _Preemption:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last metrics."""
   start = time.time()
+  saved = run_config.load(workdir)
+  if saved is not None:  # a resumed run: the same model as at its first start
+    run_config.check(saved, config, workdir)
   exp = experiment_lib.build(config)
   mesh = exp.mesh
   train_data = data_lib.make_dataset(
       config.data, "train", batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
       shard_index=jax.process_index(), shard_count=jax.process_count())
   step_fn = jit_train_step(exp)
-  eval_fn = evaluate_lib.make_eval_fn(exp)
+  eval_fn = evaluation.make_eval_fn(exp)
 
   def compile_step():
     with jax.set_mesh(mesh):
@@ -154,6 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       print(f"resumed from {manager.directory}/{latest}", flush=True)
     else:
       state = exp.init_state()
+    if saved is None and jax.process_index() == 0:
+      run_config.save(workdir, config)  # the resolved config: the workdir says what it holds
     step_fn = compiling.result()
 
   writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
@@ -185,13 +192,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last.update(scalars)
           sums, count = None, 0
         if _due(step, config.train.eval_every, config.train.num_steps):
-          eval_metrics = evaluate_lib.evaluate(exp, eval_fn, state.ema_params)
+          eval_metrics = evaluation.evaluate(exp, eval_fn, state.ema_params)
           if jax.process_index() == 0:
             print(f"step {step} | validation bits/token {eval_metrics['eval/bits_per_token']:.4f}", flush=True)
           writer.write(step, eval_metrics)
           last.update(eval_metrics)
         if _due(step, config.train.sample_every, config.train.num_steps):
-          sample_writer.write_training_samples(exp.graphdef, state.ema_params, config, exp.info, workdir, step)
+          generate.training_samples(exp.graphdef, state.ema_params, config, exp.info, mesh, workdir, step)
         preempted = preemption.agreed()
         if preempted or _due(step, config.train.checkpoint_every, config.train.num_steps):
           _raise_if_nonfinite(state, manager)
@@ -233,33 +240,27 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_compilation_cache_dir", path)
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  enable_compilation_cache(flags.FLAGS.compilation_cache_dir)
-  distributed.initialize(flags.FLAGS.multihost)
-  try:
-    train_and_evaluate(config, workdir)
-  except (ValueError, FloatingPointError, OSError) as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    sys.exit(1)
+def define_flags(fv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_bool("multihost", False, "join a multi-process run detected by jax.distributed (TPU pod, SLURM, "
+                    "Open MPI); a run with JAX_COORDINATOR_ADDRESS set joins without it", flag_values=fv)
+  flags.DEFINE_string("compilation_cache_dir", DEFAULT_COMPILATION_CACHE,
+                      "JAX persistent compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR takes precedence)",
+                      flag_values=fv)
+
+
+def main(argv: list[str]) -> int:
+  """`python -m md4_jax.train` (argv as sys.argv); returns the exit code."""
+  def body(f, config):
+    enable_compilation_cache(f.compilation_cache_dir)
+    train_and_evaluate(config, f.workdir)
+  return cli.run(argv, __doc__, define_flags, body, verbosity="warning",
+                 workdir_help="directory for checkpoints, metrics and samples")
 
 
 def run() -> None:
   """Console entry point (md4-train) and `python -m md4_jax.train`."""
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/*.py)",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and samples")
-  flags.DEFINE_bool("multihost", False, "join a multi-process run detected by jax.distributed (TPU pod, SLURM, "
-                    "Open MPI); a run with JAX_COORDINATOR_ADDRESS set joins without it")
-  flags.DEFINE_string("compilation_cache_dir", DEFAULT_COMPILATION_CACHE,
-                      "JAX persistent compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR takes precedence)")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  sys.exit(main(sys.argv))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import molecules, train
+from md4_jax import generate, molecules, sharding, train
 from md4_jax.model import DiffusionConfig, DiffusionModel
 from md4_jax.schedules import make_schedule
 from train_configs import load_experiment
@@ -116,13 +117,19 @@ def test_classifier_trains_in_the_loop_and_guides_generation(qm9_config, tmp_pat
   info = dataset_info(md4.data)
   md4_graphdef, md4_params = nnx.split(make_model(md4, info, 0), nnx.Param)
   sampler = molecules.sampler_config('remdm:strategy=rescale,eta=0.5', md4.sampler, 4)
-  guide = molecules.Guide('cbg', 3.0, (graphdef, params))
-  tokens = molecules.generate(md4_graphdef, md4_params, info.vocab_size, 16, sampler, guide, 6, 4,
-                              jax.random.key(0))
+  guide = generate.Guide('cbg', 3.0, (graphdef, params))
+  md4.mesh.data = 1
+  mesh = sharding.make_mesh(md4.mesh)
+  md4_params = jax.device_put(md4_params, sharding.replicated(mesh))
+  tokens, _ = generate.generate(md4_graphdef, md4_params, sampler, np.full((6, 16), info.vocab_size, np.int32),
+                                jax.random.key(0), mesh=mesh, batch_size=3, label=1, guide=guide)
   assert tokens.shape == (6, 16) and tokens.min() >= 0 and tokens.max() < info.vocab_size
   with pytest.raises(ValueError, match="the classifier predicts data.label='rings' but the models target 'qed'"):
     molecules.load_classifier(qm9_config, workdir, 'qed')
   qed_config = qm9_config.copy_and_resolve_references()
   qed_config.data.label = 'qed'  # a config that says QED, pointed at the run trained on ring counts
+  with pytest.raises(ValueError, match="the classifier predicts data.label='rings' but the models target 'qed'"):
+    molecules.load_classifier(qed_config, workdir, 'qed')  # its config.json says what it predicts
+  os.remove(os.path.join(workdir, 'config.json'))  # a run written before config.json: the fingerprint refuses
   with pytest.raises(ValueError, match="data.label: checkpoint 'rings' vs config 'qed'"):
     molecules.load_classifier(qed_config, workdir, 'qed')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from md4_jax import data as data_lib
-from md4_jax import evaluate, experiment, train
+from md4_jax import evaluate, evaluation, experiment, train
 from eval_fixtures import ar_config, save_initial_checkpoint
 from train_configs import ROOT, tiny_config
 
@@ -34,20 +34,20 @@ def restored(trained):
 def test_mc_standard_error_falls_as_one_over_sqrt_k(restored):
   exp, params, step = restored
   assert step == 8
-  many = evaluate.nelbo_stats(exp, params, num_mc_samples=16, discrete_steps=16)  # T = 16: bounded weights
-  few = evaluate.NelboStats(many.nats[:, :2], many.num_tokens)  # the first 2 of the 16 draws
+  many = evaluation.nelbo_stats(exp, params, num_mc_samples=16, discrete_steps=16)  # T = 16: bounded weights
+  few = evaluation.NelboStats(many.nats[:, :2], many.num_tokens)  # the first 2 of the 16 draws
   assert many.nats.shape == (32, 16) and 3.0 < many.bits_per_token < 7.0 and many.stderr > 0
   ratio = many.mc_stderr / few.mc_stderr
   assert 0.2 < ratio < 0.55, ratio  # sqrt(2 / 16) = 0.35; identical draws would give 0 / 0
   assert abs(many.bits_per_token - few.bits_per_token) < 4 * few.mc_stderr
-  assert math.isnan(evaluate.NelboStats(many.nats[:, :1], 32).mc_stderr)  # K = 1: not estimable
+  assert math.isnan(evaluation.NelboStats(many.nats[:, :1], 32).mc_stderr)  # K = 1: not estimable
 
 
 def test_whole_split_pads_the_last_batch(restored):
   exp, params, _ = restored
-  eval_fn = evaluate.make_mc_eval_fn(exp, num_mc_samples=1, discrete_steps=0)
-  first_two_batches = evaluate.per_example_nats(exp, eval_fn, params)  # train.eval_batches = 2 of 16
-  whole = evaluate.per_example_nats(exp, eval_fn, params, whole_split=True)
+  eval_fn = evaluation.make_mc_eval_fn(exp, num_mc_samples=1, discrete_steps=0)
+  first_two_batches = evaluation.per_example_nats(exp, eval_fn, params)  # train.eval_batches = 2 of 16
+  whole = evaluation.per_example_nats(exp, eval_fn, params, whole_split=True)
   num_examples = sum(1 for _ in data_lib.make_dataset(exp.config.data, "validation", batch_size=1, seed=0))
   assert whole.shape == (num_examples, 1) and num_examples % 16  # a padded last batch, its padding dropped
   np.testing.assert_array_equal(whole[:32], first_two_batches)  # same batches, same keys
@@ -56,7 +56,7 @@ def test_whole_split_pads_the_last_batch(restored):
 
 def test_nelbo_stats_units():
   bits = np.array([[1.0, 3.0], [2.0, 2.0], [4.0, 6.0]])  # bits per token of 2 draws for 3 examples
-  stats = evaluate.NelboStats(bits * 4 * math.log(2.0), 4)  # nats per example of L = 4 tokens
+  stats = evaluation.NelboStats(bits * 4 * math.log(2.0), 4)  # nats per example of L = 4 tokens
   assert stats.bits_per_token == pytest.approx(3.0)
   assert stats.perplexity == pytest.approx(8.0)  # 2^3
   assert stats.stderr == pytest.approx(np.std([2.0, 2.0, 5.0], ddof=1) / math.sqrt(3))
@@ -66,8 +66,8 @@ def test_nelbo_stats_units():
 
 def test_discrete_time_with_large_t_is_close_to_continuous(restored):
   exp, params, _ = restored
-  continuous = evaluate.nelbo_stats(exp, params, num_mc_samples=4, discrete_steps=0)
-  discrete = evaluate.nelbo_stats(exp, params, num_mc_samples=4, discrete_steps=10_000)
+  continuous = evaluation.nelbo_stats(exp, params, num_mc_samples=4, discrete_steps=0)
+  discrete = evaluation.nelbo_stats(exp, params, num_mc_samples=4, discrete_steps=10_000)
   # Same keys: t moves by at most 1/T, flipping about L * N * K / T = 0.4 of the 4096 masks.
   assert abs(discrete.bits_per_token - continuous.bits_per_token) < 0.02
   assert continuous.mc_stderr > 0.02  # the agreement is far inside the Monte Carlo error

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import config_base, guidance, sample_writer, sampling
+from md4_jax import config_base, generate, guidance, objectives, sampling
 from md4_jax.data import DataInfo
 from md4_jax.model import make_model
 
@@ -49,9 +49,9 @@ def test_head_at_drawn_positions_gives_the_full_denoisers_samples(name):
   graphdef, params = _model()
   config = CONFIGS[name]
   z_init = jnp.full((64, L), V, jnp.int32).at[:5, 3].set(4)  # some prompts
-  dense, dense_stats = sampling.sample(sample_writer.denoiser(graphdef, params), jax.random.key(3), z_init, config,
+  dense, dense_stats = sampling.sample(generate.denoiser(graphdef, params), jax.random.key(3), z_init, config,
                                        return_stats=True)
-  features, head = sample_writer.factored_denoiser(graphdef, params)
+  features, head = generate.factored_denoiser(graphdef, params)
   factored, stats = sampling.sample(features, jax.random.key(3), z_init, config, head_fn=head, return_stats=True)
   np.testing.assert_array_equal(np.asarray(factored), np.asarray(dense))
   assert int(stats['nfe']) == int(dense_stats['nfe'])
@@ -66,19 +66,20 @@ def test_head_at_drawn_positions_with_labels_and_a_guide():
   guide = guidance.cbg_guide(classifier, 1, 2.0)
   z_init = jnp.full((32, L), V, jnp.int32)
   config = CONFIGS['remdm-conf']
-  dense = sampling.sample(sample_writer.denoiser(graphdef, params, cond), jax.random.key(5), z_init, config,
+  dense = sampling.sample(generate.denoiser(graphdef, params, cond), jax.random.key(5), z_init, config,
                           guide=guide)
-  features, head = sample_writer.factored_denoiser(graphdef, params, cond)
+  features, head = generate.factored_denoiser(graphdef, params, cond)
   factored = sampling.sample(features, jax.random.key(5), z_init, config, head_fn=head, guide=guide)
   np.testing.assert_array_equal(np.asarray(factored), np.asarray(dense))
 
 
 def test_head_fn_errors():
   graphdef, params = _model()
-  features, head = sample_writer.factored_denoiser(graphdef, params)
+  features, head = generate.factored_denoiser(graphdef, params)
   z_init = jnp.full((2, L), V, jnp.int32)
   with pytest.raises(ValueError, match='head_fn .* cannot serve genmd4_w'):
     sampling.sample(features, jax.random.key(0), z_init, CONFIGS['ancestral-argmax'], head_fn=head,
                     genmd4_w=jnp.ones(V))
-  assert sample_writer.model_denoiser(graphdef, params, 'genmd4')[1] is None
-  assert sample_writer.model_denoiser(graphdef, params, 'md4')[1] is not None
+  call = lambda objective: generate.sampler_functions(graphdef, params, objectives.get(objective), None,
+                                                      generate.Guide(), None)
+  assert 'head_fn' not in call('genmd4') and 'head_fn' in call('md4')

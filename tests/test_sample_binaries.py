@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from md4_jax import checkpoint, experiment, sample_ancestral, sample_lib, sample_remdm, sampling, train_state
+from md4_jax import checkpoint, config_base, experiment, generate, sample_ancestral, sample_lib, sample_remdm, sampling, train_state
 from md4_jax.data import dataset_info, default_data_config
 from md4_jax.data import text_corpus
 from md4_jax.model import make_model
@@ -57,6 +57,15 @@ def workdir(tmp_path_factory):
   return cached_checkpoint(tmp_path_factory, "sample_tiny", tiny_config())
 
 
+def resolve_config(path, overrides, sampler):
+  """What a sampling binary makes of --config=path and --config.a.b=v overrides (locked, sampler checked)."""
+  config = sample_lib.prepare(config_base.load_experiment(path), sampler)
+  config.update_from_flattened_dict(overrides)
+  config.lock()
+  sampling.validate_config(config.sampler)
+  return config
+
+
 def tiny_args(workdir, *extra):
   return ["prog", f"--config={TINY}", f"--workdir={workdir}", *extra]
 
@@ -76,23 +85,23 @@ def test_remdm_binary_defaults_then_overrides():
   """sample_remdm: default_config('remdm') (the experiment's schedule / eps kept), then command-line overrides;
   sample_ancestral: the experiment's own sampler; both spread over every device."""
   demo = os.path.join(ROOT, "experiments", "demo.py")
-  remdm = sample_lib.resolve_config(demo, {"sampler.remdm.eta": 0.05, "sampler.num_steps": 32}, "remdm")
+  remdm = resolve_config(demo, {"sampler.remdm.eta": 0.05, "sampler.num_steps": 32}, "remdm")
   expected = sampling.default_config("remdm")
   expected.remdm.eta, expected.num_steps = 0.05, 32
   assert remdm.sampler.to_dict() == expected.to_dict()
   assert (remdm.mesh.data, remdm.mesh.fsdp) == (-1, 1) and remdm.is_locked
-  ancestral = sample_lib.resolve_config(demo, {"sampler.top_p": 0.9}, "ancestral")
+  ancestral = resolve_config(demo, {"sampler.top_p": 0.9}, "ancestral")
   own = load_experiment("demo").sampler  # demo.py's own sampler, with the override applied
   assert ancestral.sampler.name == "ancestral" and ancestral.sampler.num_steps == own.num_steps
   assert ancestral.sampler.top_p == 0.9 and ancestral.sampler.cache == own.cache
   assert ancestral.sampler.grid == "cosine" and ancestral.sampler.top_p == 0.9
   # an override of the name applies to the binary's default, not to the experiment's sampler
-  named = sample_lib.resolve_config(demo, {"sampler.name": "remdm"}, "ancestral")
+  named = resolve_config(demo, {"sampler.name": "remdm"}, "ancestral")
   assert named.sampler.name == "remdm" and named.sampler.num_steps == own.num_steps and named.sampler.grid == "cosine"
-  cosine = sample_lib.resolve_config(os.path.join(ROOT, "experiments", "imagenet64.py"), {}, "remdm")
+  cosine = resolve_config(os.path.join(ROOT, "experiments", "imagenet64.py"), {}, "remdm")
   assert (cosine.sampler.schedule, cosine.sampler.grid, cosine.sampler.num_steps) == ("cosine", "uniform", 1024)
   with pytest.raises(ValueError, match="remdm.eta"):
-    sample_lib.resolve_config(demo, {"sampler.remdm.eta": 1.5}, "remdm")
+    resolve_config(demo, {"sampler.remdm.eta": 1.5}, "remdm")
 
 
 def test_ema_restored_alone_on_one_and_eight_devices_gives_the_same_samples(workdir):
@@ -102,13 +111,14 @@ def test_ema_restored_alone_on_one_and_eight_devices_gives_the_same_samples(work
   results = []
   for data in (1, -1):
     config = tiny_config(**{"mesh.data": data})
-    restored = sample_lib.restore_ema(config, str(workdir))
+    restored = experiment.restore_ema(config, str(workdir))
     assert restored.step == STEP and restored.exp.mesh.size == (1 if data == 1 else 8)
     leaves = jax.tree.leaves(restored.params)
     assert all(leaf.sharding.mesh.size == restored.exp.mesh.size for leaf in leaves)
     for got, want in zip(leaves, expected):
       np.testing.assert_array_equal(np.asarray(got), want)
-    tokens, stats = sample_lib.generate(restored, config.sampler, z_init, jax.random.key(1), batch_size=8)
+    tokens, stats = generate.generate(restored.exp.graphdef, restored.params, config.sampler, z_init,
+                                      jax.random.key(1), mesh=restored.exp.mesh, batch_size=8)
     assert tokens.shape == (8, 32) and 0 < stats["nfe"] <= config.sampler.num_steps + 1
     assert tokens.min() >= 0 and tokens.max() < 27
     results.append(tokens)
@@ -153,7 +163,7 @@ def test_remdm_cli_fills_infill_positions_with_its_own_default(workdir, tmp_path
     (["--prefix_file={long}"], "more than the sequence length L=32"),
     (["--infill_file={bad_token}"], "token id 28 is outside the vocabulary"),
     (["--infill_file={short}"], "need 32 integer token ids"),
-    (["--label=3"], "label=3 is not a class of this dataset"),
+    (["--label=3"], "label=3 is not a class of this model; valid: none"),
     (["--batch_size=12"], "batch_size=12 must be a positive multiple of the 8 devices"),
     (["--step=99"], "no checkpoint of step 99"),
     (["--config.model.network.width=64"], "belongs to another model config"),
@@ -176,7 +186,8 @@ def test_usage_errors_and_missing_checkpoints(tmp_path, capsys):
   assert sample_ancestral.main(["prog", f"--config={TINY}", f"--workdir={tmp_path}"]) == 1
   assert "no checkpoint in" in capsys.readouterr().err
   assert sample_ancestral.main(tiny_args(tmp_path, "--config.sampler.nmu_steps=3")) == 2
-  assert "nmu_steps" in capsys.readouterr().err
+  assert capsys.readouterr().err == ("usage error: unknown config key 'sampler.nmu_steps'; the closest valid one is "
+                                     "'sampler.num_steps'\n")
   assert sample_ancestral.main(["prog", f"--config={TINY}"]) == 2
   assert "missing --workdir" in capsys.readouterr().err
   assert sample_ancestral.main(["prog", "--help"]) == 0
@@ -187,7 +198,7 @@ def test_usage_errors_and_missing_checkpoints(tmp_path, capsys):
 def test_image_samples_are_a_png_grid(tmp_path):
   info = dataset_info(default_data_config("digits"))
   tokens = np.random.default_rng(0).integers(0, info.vocab_size, (5,) + info.data_shape)
-  png, jsonl = sample_lib.write_samples(str(tmp_path / "grid"), tokens, info)
+  png, jsonl = generate.write_samples(str(tmp_path / "grid"), tokens, info)
   grid = np.asarray(Image.open(png))
   images = np.asarray(info.decode(tokens))[..., 0].repeat(4, axis=1).repeat(4, axis=2)  # 8 px -> 32 px
   assert grid.shape == (2 * 33 + 1, 3 * 33 + 1)  # 3 columns, 2 rows, 1-px lines

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import quality, sample_lib, sampling, scaling_report
-from test_sample_binaries import TINY, cached_checkpoint
+from md4_jax import experiment, quality, sampling, scaling_report
+from test_sample_binaries import TINY, cached_checkpoint, resolve_config
 from train_configs import ROOT, tiny_config
 
 
@@ -23,7 +23,7 @@ def workdirs(tmp_path_factory):
 
 def test_method_configs():
   demo = os.path.join(ROOT, "experiments", "demo.py")
-  bases = {name: sample_lib.resolve_config(demo, {"sampler.remdm.eta": 0.04}, name).sampler
+  bases = {name: resolve_config(demo, {"sampler.remdm.eta": 0.04}, name).sampler
            for name in ("ancestral", "remdm")}
   remdm = sampling.default_config("remdm")
   remdm.remdm.eta = 0.04
@@ -73,7 +73,7 @@ def test_report_end_to_end_with_an_ar_scorer(workdirs, tmp_path):
   assert [(r["method"], r["num_steps"]) for r in rows] == [("data", ""), ("ancestral", "4"), ("ancestral", "8"),
                                                            ("loop", "4"), ("loop", "8")]
   # Gen PPL: exp(-mean log p(x_n | x_<n)) over all tokens, recomputed in float64 from the scorer on one device.
-  restored = sample_lib.restore_ema(tiny_config(**{"diffusion.objective": "ar"}), str(scorer))
+  restored = experiment.restore_ema(tiny_config(**{"diffusion.objective": "ar"}), str(scorer))
   log_probs = jax.jit(lambda p, x: nnx.merge(restored.exp.graphdef, p).ar_token_log_probs(x))
   for row in rows[1:]:
     # T steps, plus one call at t = 0 when masks are left for the final argmax

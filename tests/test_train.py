@@ -210,12 +210,15 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path):
   before = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, ps in os.walk(tmp_path / "checkpoints") for p in ps}
   other = tiny_config(num_steps=8)
   other.model.network.width = 64
-  with pytest.raises(ValueError, match=r"model.network.width: checkpoint 32 vs config 64"):
+  with pytest.raises(ValueError, match=r"config.json describes another model(.|\n)*width: saved 32 vs config 64"):
     train.train_and_evaluate(other, str(tmp_path))
   scanned = tiny_config(num_steps=8)
   scanned.model.network.scan_layers = True  # another parameter layout
-  with pytest.raises(ValueError, match=r"model.network.scan_layers: checkpoint False vs config True"):
+  with pytest.raises(ValueError, match=r"model.network.scan_layers: saved False vs config True"):
     train.train_and_evaluate(scanned, str(tmp_path))
+  os.remove(tmp_path / "config.json")  # a workdir written before config.json: the checkpoint's fingerprint refuses
+  with pytest.raises(ValueError, match=r"model.network.width: checkpoint 32 vs config 64"):
+    train.train_and_evaluate(other, str(tmp_path))
   after = {p: os.path.getmtime(os.path.join(dp, p)) for dp, _, ps in os.walk(tmp_path / "checkpoints") for p in ps}
   assert before == after and checkpoint_steps(str(tmp_path)) == [4]
   # A checkpoint written before model.network.scan_layers existed holds unrolled blocks: accepted as False.

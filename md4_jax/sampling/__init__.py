@@ -30,6 +30,7 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
            genmd4_w: jax.Array | None = None, return_stats: bool = False, guide=None, head_fn=None):
   """Generates the masked positions of z_init [B, ...] (int, mask id V); returns int32 tokens shaped like z_init.
 
+  key: one key (example b draws from fold_in(key, b)) or typed keys [B], one per example.
   Tokens of z_init other than V are fixed: they are never changed, also under remasking (all masks =
   unconditional; anything else = prefix or infilling). The whole run is one jitted `lax.scan`.
   genmd4_w: [V] per-token exponents w of a GenMD4 state-dependent schedule alpha_{t,v} = 1 - t^{w_v} (eps-shifted;
@@ -41,7 +42,7 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
   head_fn: None, or a `jax.tree_util.Partial` head_fn(features [K, F]) -> log-probs [K, V]; then denoise_fn(z_t, t)
   returns per-position features [B, ..., F] and the head (a network's final layer over a large vocabulary) runs
   only at the positions where a token is drawn: the samples of the denoiser head_fn(denoise_fn(z_t, t)), without
-  its [B, ..., V] output (`sample_writer.factored_denoiser`). Not with genmd4_w.
+  its [B, ..., V] output (`generate.factored_denoiser`). Not with genmd4_w.
   return_stats: also return a dict with 'nfe' (denoiser calls), 'num_masked' [T] and 'num_remasked' [T] (masks
   after, and remasks in, each step, summed over the batch) and 'num_steps'.
   """

@@ -40,8 +40,12 @@ def exponential(bits: jax.Array) -> jax.Array:
 
 
 def row_seeds(key: jax.Array, batch: int) -> jax.Array:
-  """Two uint32 seed words per example, [B, 2]: the first two words of fold_in(key, b) (any key type)."""
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch, dtype=jnp.uint32))
+  """Two uint32 seed words per example, [B, 2]: the first two words of fold_in(key, b) (any key type), or of
+  key[b] for typed keys [B], one per example (md4_jax.generate: example keys independent of the batch)."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == (batch,):
+    keys = key
+  else:
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch, dtype=jnp.uint32))
   if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     keys = jax.random.key_data(keys)
   return keys.reshape(batch, -1)[:, :2].astype(jnp.uint32)
