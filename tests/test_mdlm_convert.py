@@ -233,8 +233,6 @@ def test_converted_toy_model_samples_through_both_binaries(toy_workdir, tmp_path
     assert tokens.shape == (2, 16) and tokens.min() >= 0 and tokens.max() < V_MODEL - 1
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "md4_jax", "generate.py")),
-                    reason="needs the issue-14 generation path")
 def test_converted_toy_model_samples_through_both_binaries_with_no_config(toy_workdir, tmp_path):
   from md4_jax import sample_ancestral, sample_remdm
   for binary in (sample_ancestral, sample_remdm):
