@@ -15,7 +15,6 @@ from flax import nnx
 from md4_jax import convert, experiment, mdlm_weights, run_config
 from md4_jax.nn import mdlm_dit
 import mdlm_reference
-from train_configs import ROOT
 
 V_MODEL = 50258  # GPT-2 + mask, as the owt_mdlm experiment's tokenizer
 ARCH = dict(vocab_rows=V_MODEL, width=16, num_blocks=2, cond_dim=8)  # default heads: 16 // 64 -> 1
