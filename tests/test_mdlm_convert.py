@@ -6,13 +6,12 @@ import json
 import os
 import pickle
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import convert, experiment, mdlm_weights, run_config
+from md4_jax import convert, experiment, run_config
 from md4_jax.nn import mdlm_dit
 import mdlm_reference
 
