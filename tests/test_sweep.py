@@ -4,6 +4,7 @@ killed sweep resumed, seeds grouped in the report, and the SLURM array / TPU sli
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,17 +124,26 @@ def test_two_by_two_sweep_runs_in_parallel_reports_and_skips_finished_members(tm
   assert "| diffusion.schedule=linear |" in report and "| diffusion.schedule=cosine |" in report
   assert (root / "report.png").stat().st_size > 1000
   before = {n: (root / n / "metrics.jsonl").read_text() for n in names}
-  again = _sweep_cli(["--config", SWEEP_EXPERIMENT, "--workdir", str(root)], tmp_path)
+  again = _sweep_cli(["--config", SWEEP_EXPERIMENT, "--workdir", str(root), "--only", "seed-1",
+                      "--sample_quality", "num_steps=4;grid=uniform,num_steps=8", "--quality_samples", "6"], tmp_path)
   out, _ = again.communicate(timeout=300)
-  assert again.returncode == 0 and out.count("finished before, skipped") == 4 and "started" not in out
+  assert again.returncode == 0 and out.count("finished before, skipped") == 2 and "started" not in out, out
   assert {n: (root / n / "metrics.jsonl").read_text() for n in names} == before
+  with open(root / "report.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["name"] for r in rows] == ["schedule-linear_seed-1", "schedule-cosine_seed-1"]
+  for r in rows:  # entropy of 6 samples of L = 32 characters: in (0, ln 27]
+    for spec in ("num_steps=4", "grid=uniform,num_steps=8"):
+      assert 0 < float(r[f"entropy[{spec}]"]) <= np.log(27)
 
 
-def test_killed_sweep_restarts_without_rerunning_finished_members_and_resumes_the_interrupted_one(tmp_path):
-  path = _experiment(tmp_path, "[{'train.num_steps': 8}, {'train.num_steps': 400}]")
+def test_killed_sweep_restarts_without_rerunning_finished_members_resumes_the_interrupted_one_and_records_failures(
+    tmp_path):
+  # lr = inf: the first update is NaN/Inf and that member's training stops with an error; the sweep goes on
+  path = _experiment(tmp_path, "[{'train.num_steps': 8}, {'optim.lr': float('inf')}, {'train.num_steps': 200}]")
   root = tmp_path / "root"
   proc = _sweep_cli(["--config", path, "--workdir", str(root)], tmp_path)
-  long_run = root / "num_steps-400"
+  long_run = root / "num_steps-200"
   deadline = time.time() + 300
   while sweep_report.steps_done(sweep_report.read_metrics(long_run)) < 4:
     assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
@@ -141,32 +151,24 @@ def test_killed_sweep_restarts_without_rerunning_finished_members_and_resumes_th
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   interrupted_at = sweep_report.steps_done(sweep_report.read_metrics(long_run))
-  assert proc.returncode == 3 and "num_steps-400: interrupted" in out and "rerun the same command" in out
-  assert 4 <= interrupted_at < 400
-  first = (root / "num_steps-8" / "metrics.jsonl").read_text()
-  proc = _sweep_cli(["--config", path, "--workdir", str(root)], tmp_path)
-  out, _ = proc.communicate(timeout=600)
-  assert proc.returncode == 0, out
-  assert "num_steps-8: finished before, skipped" in out and "num_steps-400: done" in out
-  assert (root / "num_steps-8" / "metrics.jsonl").read_text() == first
-  log = (root / "_sweep" / "num_steps-400.log").read_text()
-  assert f"resumed from {long_run}/checkpoints/{interrupted_at}" in log
-  steps = [r["step"] for r in sweep_report.read_metrics(long_run) if "train/objective" in r]
-  assert steps == sorted(steps) and steps[-1] == 400  # continued, not restarted from step 1
-
-
-def test_failed_member_is_recorded_and_the_sweep_goes_on(tmp_path):
-  # lr = inf: the first update is NaN, training stops with an error; the other member still runs
-  path = _experiment(tmp_path, "[{'optim.lr': float('inf')}, {'optim.lr': 0.001}]")
-  root = tmp_path / "root"
-  proc = _sweep_cli(["--config", path, "--workdir", str(root)], tmp_path)
-  out, _ = proc.communicate(timeout=600)
-  assert proc.returncode == 1 and "lr-inf: FAILED (exit 1)" in out and "lr-0.001: done" in out
+  assert proc.returncode == 3 and "num_steps-200: interrupted" in out and "rerun the same command" in out
+  assert "lr-inf: FAILED (exit 1)" in out and 4 <= interrupted_at < 200
   record = json.loads((root / "_sweep" / "lr-inf.json").read_text())
   assert record["status"] == "failed" and record["exit_code"] == 1
   assert any("NaN/Inf" in line for line in record["log_tail"])
+  first = (root / "num_steps-8" / "metrics.jsonl").read_text()
+  proc = _sweep_cli(["--config", path, "--workdir", str(root)], tmp_path)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 1 and "1 member(s) failed: lr-inf" in out, out
+  assert "num_steps-8: finished before, skipped" in out and "num_steps-200: done" in out
+  assert (root / "num_steps-8" / "metrics.jsonl").read_text() == first
+  log = (root / "_sweep" / "num_steps-200.log").read_text()
+  saved = int(re.search(r"SIGTERM: saved checkpoint (\d+) and stopped", log).group(1))
+  assert saved >= interrupted_at and f"resumed from {long_run}/checkpoints/{saved}" in log
+  steps = [r["step"] for r in sweep_report.read_metrics(long_run) if "train/objective" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == 200  # continued, not restarted from step 1
   with open(root / "report.csv") as f:
-    assert [r["status"] for r in csv.DictReader(f)] == ["failed (exit 1)", "done"]
+    assert [r["status"] for r in csv.DictReader(f)] == ["done", "failed (exit 1)", "done"]
 
 
 def _write_metrics(workdir, curve, num_steps):
