@@ -26,6 +26,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,8 +80,9 @@ def _spawn(command: list[str], env: dict, log) -> subprocess.Popen:
 class _Run:
   """One member's training process and what the sweep has read of its metrics.jsonl."""
 
-  def __init__(self, member, position, total, num_steps, command, env, root):
+  def __init__(self, member, position, total, num_steps, command, env, root, host):
     self.member, self.position, self.total, self.num_steps = member, position, total, num_steps
+    self.host = host  # '' or (multi-host) this worker's hostname, in the names of its log and record
     self.workdir = os.path.join(root, member.name)
     self.root = root
     self.start = time.time()
@@ -90,7 +92,7 @@ class _Run:
     self.rows_seen = len(sweep_report.read_metrics(self.workdir))
     self.previous = sweep_report.read_status(root, member.name)
     os.makedirs(os.path.join(root, sweep_spec.RESERVED), exist_ok=True)
-    self.log = open(sweep_report.status_path(root, member.name, "log"), "a", encoding="utf-8")
+    self.log = open(sweep_report.status_path(root, member.name, "log", host), "a", encoding="utf-8")
     self.log.write(f"\n=== sweep start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
     self.log.flush()
     self.proc = _spawn(command, env, self.log)
@@ -100,9 +102,10 @@ class _Run:
     wall = self.previous.get("wall_s", 0.0) + time.time() - self.start
     record = {"status": status, "exit_code": exit_code, "wall_s": wall, "steps": self.step, "pid": self.proc.pid}
     if status == "failed":
-      with open(sweep_report.status_path(self.root, self.member.name, "log"), encoding="utf-8") as f:
+      with open(sweep_report.status_path(self.root, self.member.name, "log", self.host), encoding="utf-8") as f:
         record["log_tail"] = f.readlines()[-_LOG_TAIL:]
-    atomic.write(sweep_report.status_path(self.root, self.member.name), json.dumps(record, indent=1) + "\n")
+    atomic.write(sweep_report.status_path(self.root, self.member.name, host=self.host),
+                 json.dumps(record, indent=1) + "\n")
 
   def new_rows(self) -> list[dict]:
     rows = sweep_report.read_metrics(self.workdir)
@@ -131,6 +134,7 @@ def run_members(config_path: str, root: str, members: list[sweep_spec.Member], n
       pending.append(m)
   extra = ([f"--compilation_cache_dir={cache_dir}"] if cache_dir is not None else []) + (
       ["--multihost"] if multihost else [])
+  host = socket.gethostname() if multihost else ""  # every worker of a slice runs this loop: own logs
   running: dict[int, _Run] = {}
   walls: list[float] = []  # seconds per member run to completion here
   stop = []
@@ -150,8 +154,8 @@ def run_members(config_path: str, root: str, members: list[sweep_spec.Member], n
           m = pending.pop(0)
           command = [sys.executable, "-m", "md4_jax.train"] + train_args(config_path, root, m, common) + extra
           running[slot] = _Run(m, m.index + 1, total, num_steps[m.name], command,
-                               slot_env(slot, parallel, os.environ), root)
-          print(f"[sweep {m.index + 1}/{total}] {m.name}: started (log {run_log(root, m.name)})", flush=True)
+                               slot_env(slot, parallel, os.environ), root, host)
+          print(f"[sweep {m.index + 1}/{total}] {m.name}: started (log {run_log(root, m.name, host)})", flush=True)
       time.sleep(_POLL_S)
       for slot, run in list(running.items()):
         new = run.new_rows()
@@ -178,7 +182,7 @@ def run_members(config_path: str, root: str, members: list[sweep_spec.Member], n
           outcome[run.member.name] = "failed"
           run.record("failed", code)
           print(f"[sweep {run.position}/{total}] {run.member.name}: FAILED (exit {code}); last lines in "
-                f"{run_log(root, run.member.name)}", file=sys.stderr, flush=True)
+                f"{run_log(root, run.member.name, host)}", file=sys.stderr, flush=True)
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
@@ -187,8 +191,8 @@ def run_members(config_path: str, root: str, members: list[sweep_spec.Member], n
   return outcome
 
 
-def run_log(root: str, name: str) -> str:
-  return sweep_report.status_path(root, name, "log")
+def run_log(root: str, name: str, host: str = "") -> str:
+  return sweep_report.status_path(root, name, "log", host)
 
 
 def _progress(run: _Run, row: dict, walls: list[float], running: dict, pending: int, parallel: int) -> None:

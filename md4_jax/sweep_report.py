@@ -10,6 +10,7 @@ mean, a band of +- one standard deviation where there are several seeds).
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -43,17 +44,22 @@ def steps_done(rows: list[dict]) -> int:
   return max((int(r["step"]) for r in rows), default=0)
 
 
-def status_path(root: str, name: str, suffix: str = "json") -> str:
-  return os.path.join(root, RESERVED, f"{name}.{suffix}")
+def status_path(root: str, name: str, suffix: str = "json", host: str = "") -> str:
+  """ROOT/_sweep/<name>[@host].<suffix>: a multi-host sweep's workers (`host` = their hostname) keep their own."""
+  return os.path.join(root, RESERVED, f"{name}{'@' + host if host else ''}.{suffix}")
 
 
 def read_status(root: str, name: str) -> dict:
-  """What the sweep recorded of member `name` ({} if nothing): status, exit_code, log_tail, wall_s."""
-  try:
-    with open(status_path(root, name), encoding="utf-8") as f:
-      return json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
-    return {}
+  """What the sweep recorded of member `name` ({} if nothing): status, exit_code, log_tail, wall_s (of a
+  multi-host sweep: the first worker's record in name order)."""
+  records = sorted(glob.glob(os.path.join(glob.escape(os.path.join(root, RESERVED)), glob.escape(name) + "@*.json")))
+  for path in [status_path(root, name)] + records:
+    try:
+      with open(path, encoding="utf-8") as f:
+        return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+      pass
+  return {}
 
 
 def member_row(root: str, member: Member, num_steps: int) -> dict:

@@ -191,8 +191,12 @@ def test_report_groups_seeds_and_marks_the_best_setting(tmp_path):
             "schedule-geometric_seed-0": [(5, 2.0)]}  # interrupted at step 5 of 10; seed 1 never started
   for name, curve in curves.items():
     _write_metrics(tmp_path / name, curve, 10)
+  os.makedirs(tmp_path / "_sweep")  # a multi-host sweep's records, one per worker: the first one is read
+  for host, wall in (("w1", 7.0), ("w0", 5.0)):
+    (tmp_path / "_sweep" / f"schedule-linear_seed-0@{host}.json").write_text(json.dumps({"wall_s": wall}))
   rows = sweep_report.write(str(tmp_path), members, {m.name: 10 for m in members}, "t")
   assert [r["status"] for r in rows] == ["done"] * 4 + ["interrupted", "not started"]
+  assert [r["wall_s"] for r in rows] == [5.0] + [None] * 5
   assert [r["bpt"] for r in rows] == [2.5, 2.7, 2.4, 2.5, 2.0, None]
   groups = sweep_report.group_by_setting(members, rows)
   assert [(g["setting"], g["n"], g["seeds"]) for g in groups] == [
