@@ -53,15 +53,15 @@ def measure(config_path: str, workdir: str, flag_args: list[str], specs: list[li
                                 ["--config.mesh.data=-1", "--config.mesh.fsdp=1"]) for spec in specs]
   restored = experiment.restore_ema(configs[0], workdir)
   info = restored.exp.info
-  batch_size = sample_lib.auto_batch_size(0, num_samples, restored.exp.mesh.size)
   classes = info.num_classes or 1
+  per_class = [num_samples // classes + (c < num_samples % classes) for c in range(classes)]
+  batch_size = sample_lib.auto_batch_size(0, per_class[0], restored.exp.mesh.size)  # one shape for every class
   reference = None
   if len(info.data_shape) == 3:  # images: FID against the training split
     data = data_lib.make_dataset(configs[0].data, "train", batch_size=num_samples, seed=0)
     reference = info.decode(next(iter(data))["x"])
   metrics = {}
   for spec, config in zip(specs, configs):
-    per_class = [num_samples // classes + (c < num_samples % classes) for c in range(classes)]
     tokens = np.concatenate([
         sample_lib.generate(restored, config.sampler, sample_lib.z_init_from_prompts(None, info, n),
                             jax.random.fold_in(jax.random.key(0), c), batch_size=batch_size,
