@@ -146,10 +146,15 @@ def resolve(config_path: str, flag_args: Sequence[str]) -> ml_collections.Config
 
 def check(config: ml_collections.ConfigDict, data_checked: set) -> None:
   """The checks training runs before step 1 (experiment.build: mesh, batch sizes, data facts, model, optimizer;
-  the training data opens), on abstract shapes: nothing is compiled. `data_checked` skips data already opened."""
+  the training data opens; the train step traced on abstract shapes, so a model that does not fit the data
+  fails here), with nothing compiled. `data_checked` skips data already opened."""
+  import jax  # pylint: disable=g-import-not-at-top
   from md4_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from md4_jax import experiment  # pylint: disable=g-import-not-at-top
-  experiment.build(config)
+  from md4_jax import train  # pylint: disable=g-import-not-at-top
+  exp = experiment.build(config)
+  with jax.set_mesh(exp.mesh):
+    jax.eval_shape(train.jit_train_step(exp), exp.abstract_state, exp.abstract_batch(config.train.batch_size))
   key = json.dumps(config.data.to_dict(), sort_keys=True, default=str)
   if key not in data_checked:
     data_lib.make_dataset(config.data, "train", batch_size=config.train.batch_size, seed=config.seed)

@@ -89,6 +89,24 @@ def test_bad_sweep_definitions_fail_before_any_training(tmp_path, body, common, 
     sweep_spec.validate(path, sweep_spec.load_sweep(path), common)
 
 
+def test_a_model_that_does_not_fit_the_data_fails_validation(tmp_path):
+  """Builds (parameters have shapes) but its train step does not trace: a transformer on 8x8 images."""
+  path = tmp_path / "digits_models.py"
+  path.write_text(textwrap.dedent("""
+      from train_configs import load_experiment
+
+      def get_config():
+        config = load_experiment("digits")
+        config.train.batch_size = 16
+        return config
+
+      def get_sweep():
+        return [{"model.kind": "unet"}, {"model.kind": "transformer"}]
+      """))
+  with pytest.raises(ValueError, match=r"member 1 \(kind-transformer.*z_t must have shape \[B, L\]"):
+    sweep_spec.validate(str(path), sweep_spec.load_sweep(str(path)), [])
+
+
 def test_bad_sweep_cli_exits_before_training_and_writes_nothing(tmp_path):
   path = _experiment(tmp_path, "[{'seed': 0}, {'train.nmu_steps': 5}]")
   root = tmp_path / "root"
