@@ -97,7 +97,7 @@ def test_a_model_that_does_not_fit_the_data_fails_validation(tmp_path):
 
       def get_config():
         config = load_experiment("digits")
-        config.train.batch_size = 16
+        config.train.update(batch_size=16, eval_batch_size=16)
         return config
 
       def get_sweep():
