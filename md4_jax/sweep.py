@@ -87,9 +87,8 @@ class _Run:
     self.root = root
     self.start = time.time()
     self.rate = None     # the last logged steps/s
-    self.step = sweep_report.steps_done(sweep_report.read_metrics(self.workdir))
-    self.first_step = self.step
-    self.rows_seen = len(sweep_report.read_metrics(self.workdir))
+    rows = sweep_report.read_metrics(self.workdir)  # an interrupted run's rows, if any
+    self.step, self.rows_seen = sweep_report.steps_done(rows), len(rows)
     self.previous = sweep_report.read_status(root, member.name)
     os.makedirs(os.path.join(root, sweep_spec.RESERVED), exist_ok=True)
     self.log = open(sweep_report.status_path(root, member.name, "log", host), "a", encoding="utf-8")
