@@ -2,10 +2,14 @@
 
     python -m md4_jax.train --config experiments/demo.py --workdir /tmp/md4_demo
 
-Writes checkpoints, metrics and samples (workdir/samples/*.txt) that look like words.
+Writes checkpoints, metrics and samples (workdir/samples/*.txt) that look like words. A 4-member sweep (2 schedules
+x 2 seeds) of it, one report in /tmp/md4_demo_sweep/report.md:
+
+    python -m md4_jax.sweep --config experiments/demo.py --workdir /tmp/md4_demo_sweep
 """
 
 from md4_jax import config_base
+from md4_jax import sweep_spec
 
 
 def get_config():
@@ -29,3 +33,7 @@ def get_config():
   config.sampler.num_steps = 128
   config.sampler.top_p = 0.8  # nucleus sampling (md4 rule): a tiny model's samples read more like words
   return config
+
+
+def get_sweep():
+  return sweep_spec.product(sweep_spec.axis("diffusion.schedule", ("linear", "cosine")), sweep_spec.axis("seed", (0, 1)))

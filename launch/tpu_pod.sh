@@ -4,6 +4,10 @@
 #
 #   launch/tpu_pod.sh [--sync] TPU_NAME ZONE -- --config experiments/owt_small.py --workdir /mnt/shared/owt_small
 #
+#   launch/tpu_pod.sh [--sync] --sweep TPU_NAME ZONE -- --config experiments/kjv_tiny.py --workdir /mnt/shared/ROOT
+#
+#   --sweep   run the experiment's sweep (md4_jax.sweep --multihost): its members one after another, each on the
+#             whole slice, in ROOT/<member name>; then worker 0 writes ROOT/report.{md,csv,png}. Rerunning resumes.
 #   --sync    first copy this checkout's committed files (git archive HEAD) to REPO_DIR on every worker and run
 #             SETUP there (for example SETUP='pip install "jax[tpu]" -e .[data]').
 #
@@ -16,15 +20,16 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [--sync] TPU_NAME ZONE -- TRAIN_ARGS (e.g. --config experiments/owt_small.py --workdir DIR)" >&2
+  echo "usage: $0 [--sync] [--sweep] TPU_NAME ZONE -- TRAIN_ARGS (e.g. --config experiments/owt_small.py --workdir DIR)" >&2
   exit 2
 }
 
 sync=0
-if [[ "${1:-}" == "--sync" ]]; then
-  sync=1
+sweep=0
+while [[ "${1:-}" == "--sync" || "${1:-}" == "--sweep" ]]; do
+  if [[ "$1" == "--sync" ]]; then sync=1; else sweep=1; fi
   shift
-fi
+done
 [[ $# -ge 3 && "$3" == "--" ]] || usage
 tpu="$1"
 zone="$2"
@@ -39,8 +44,8 @@ if [[ -n "${PROJECT:-}" ]]; then
   where+=(--project "$PROJECT")
 fi
 
-on_all_workers() {  # runs the shell command $1 on every worker at once, output streamed here
-  "$gcloud_bin" compute tpus tpu-vm ssh "$tpu" "${where[@]}" --worker=all --command="$1"
+on_workers() {  # on_workers WORKERS COMMAND: the shell command on those workers ('all' or an index), output here
+  "$gcloud_bin" compute tpus tpu-vm ssh "$tpu" "${where[@]}" --worker="$1" --command="$2"
 }
 
 if [[ "$sync" == 1 ]]; then
@@ -52,7 +57,19 @@ if [[ "$sync" == 1 ]]; then
   if [[ -n "${SETUP:-}" ]]; then
     setup+=" && cd $(printf '%q' "$repo_dir") && ${SETUP}"
   fi
-  on_all_workers "$setup"
+  on_workers all "$setup"
 fi
 
-on_all_workers "cd $(printf '%q' "$repo_dir") && $(printf '%q' "$python_bin") -m md4_jax.train --multihost $(printf '%q ' "$@")"
+run_on() {  # run_on WORKERS MODULE ARGS...: python -m MODULE ARGS in the checkout on those workers
+  local workers="$1" module="$2"
+  shift 2
+  on_workers "$workers" "cd $(printf '%q' "$repo_dir") && $(printf '%q' "$python_bin") -m $module $(printf '%q ' "$@")"
+}
+
+if [[ "$sweep" == 1 ]]; then
+  status=0
+  run_on all md4_jax.sweep --multihost --no_report "$@" || status=$?
+  run_on 0 md4_jax.sweep --report_only "$@"
+  exit "$status"
+fi
+run_on all md4_jax.train --multihost "$@"

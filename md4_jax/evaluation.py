@@ -135,10 +135,11 @@ def per_example_nats(exp: experiment_lib.Experiment, eval_fn, params, split: str
 
 
 def evaluate(exp: experiment_lib.Experiment, eval_fn, params, split: str = "validation") -> dict[str, float]:
-  """NELBO in bits per token over `split` (or its first train.eval_batches batches); the training loop's eval."""
-  nats = per_example_nats(exp, eval_fn, params, split)
-  return {"eval/bits_per_token": float(diffusion.bits_per_token(nats.mean(), exp.tokens_per_example)),
-          "eval/examples": float(nats.shape[0])}
+  """NELBO in bits per token over `split` (or its first train.eval_batches batches) and its standard error over
+  the examples (nan for one example); the training loop's eval."""
+  stats = NelboStats(per_example_nats(exp, eval_fn, params, split)[:, None], exp.tokens_per_example)
+  return {"eval/bits_per_token": stats.bits_per_token, "eval/bits_per_token_stderr": stats.stderr,
+          "eval/examples": float(stats.nats.shape[0])}
 
 
 @dataclasses.dataclass(frozen=True)

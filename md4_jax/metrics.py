@@ -9,7 +9,7 @@ import time
 import jax
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
@@ -48,7 +48,7 @@ class MetricWriter:
     if self.enabled:
       parts = [f"step {step}/{self.total_steps}"] + [f"{k} {v:.4g}" for k, v in scalars.items()]
       if rate:
-        parts += [f"{rate:.2f} steps/s", f"ETA {_fmt_duration((self.total_steps - step) / rate)}"]
+        parts += [f"{rate:.2f} steps/s", f"ETA {fmt_duration((self.total_steps - step) / rate)}"]
       print(" | ".join(parts), flush=True)
     return rate
 
