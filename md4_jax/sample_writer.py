@@ -95,20 +95,31 @@ def classifier(graphdef, params) -> jax.tree_util.Partial:
 def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init: np.ndarray,
              key: jax.Array) -> np.ndarray:
   """Fills the masks (id V) of z_init int [B, *data_shape]; returns int32 tokens of the same shape."""
+  return np.asarray(draw_tokens(graphdef, params, sampler_config, z_init, key))
+
+
+def draw_tokens(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init: np.ndarray,
+                key: jax.Array) -> jax.Array:
+  """`generate` left on the devices: traceable, so jax.eval_shape checks a model and sampler config cheaply."""
   model = nnx.merge(graphdef, params)
   objective = model.diffusion_config.objective
   denoise_fn, head_fn = model_denoiser(graphdef, params, objective)
   tokens, _ = draw(objective, denoise_fn, key, jnp.asarray(z_init, jnp.int32), sampler_config,
                    genmd4_w=model.genmd4_w, head_fn=head_fn)
-  return np.asarray(tokens)
+  return tokens
+
+
+def training_sample_inputs(config, info, step: int) -> tuple[np.ndarray, jax.Array]:
+  """(z_init int32 [num_samples, *data_shape], all masks; key) of the samples written at training step `step`."""
+  key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
+  return np.full((config.train.num_samples,) + tuple(info.data_shape), info.vocab_size, np.int32), key
 
 
 def write_training_samples(graphdef, params, config, info, workdir: str, step: int) -> str | None:
   """Writes config.train.num_samples samples to workdir/samples/step_<step>.txt (text) or .npy (images)."""
   if config.diffusion.objective in NOT_GENERATIVE:
     return None  # scorers and classifiers: nothing to sample
-  key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
-  z_init = np.full((config.train.num_samples,) + tuple(info.data_shape), info.vocab_size, np.int32)
+  z_init, key = training_sample_inputs(config, info, step)
   tokens = generate(graphdef, params, config.sampler, z_init, key)
   if jax.process_index() != 0:
     return None

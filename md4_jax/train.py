@@ -3,9 +3,13 @@
     python -m md4_jax.train --config experiments/demo.py --workdir /tmp/demo [--config.key=value ...]
 
 Reads top to bottom: mesh -> data -> model and abstract state -> shardings -> jitted steps -> resume -> loop.
-The loop body: batch -> step -> maybe log -> maybe evaluate / sample -> maybe checkpoint. SIGTERM saves a
+The loop body: batch -> step -> maybe log -> maybe checkpoint -> maybe evaluate / sample. SIGTERM saves a
 checkpoint and exits cleanly; a NaN / Inf loss or gradient skips the update and stops with a message,
 leaving the checkpoints as they were.
+
+Robustness: one run per workdir (workdir_lock); every input the loop meets later checked before step 1
+(preflight); resume from the newest intact checkpoint, damaged newer ones named and moved aside; a failed save,
+synchronous or in the background, stops the run with one line and a non-zero exit within a step.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +36,11 @@ from md4_jax import evaluate as evaluate_lib
 from md4_jax import experiment as experiment_lib
 from md4_jax import metrics as metrics_lib
 from md4_jax import optim
+from md4_jax import preflight
 from md4_jax import sample_writer
 from md4_jax import sharding
 from md4_jax import train_state as train_state_lib
+from md4_jax import workdir_lock
 from md4_jax.diffusion import bits_per_token
 
 
@@ -126,8 +133,20 @@ class _Preemption:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last metrics."""
+  """Trains `config` in `workdir` (resuming from its latest intact checkpoint); returns the last metrics.
+
+  Raises workdir_lock.WorkdirLockedError, naming the holder, if another live run holds `workdir`.
+  """
   start = time.time()
+  lock = workdir_lock.acquire_for_run(workdir)  # before anything is written into workdir
+  try:
+    return _train_locked(config, workdir, start)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float) -> dict[str, float]:
   exp = experiment_lib.build(config)
   mesh = exp.mesh
   train_data = data_lib.make_dataset(
@@ -135,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       shard_index=jax.process_index(), shard_count=jax.process_count())
   step_fn = jit_train_step(exp)
   eval_fn = evaluate_lib.make_eval_fn(exp)
+  preflight.check(exp, eval_fn, workdir)
 
   def compile_step():
     with jax.set_mesh(mesh):
@@ -146,17 +166,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     compiling = pool.submit(compile_step)
     manager = checkpoint.make_manager(workdir, config.train)
     meta = checkpoint.fingerprint(config)
-    latest = manager.latest_step()
-    if latest is not None:  # resume from the latest checkpoint, or start fresh
-      state, data_state = checkpoint.restore(
-          manager, latest, checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_sharding), meta)
+    found = checkpoint.restore_newest_intact(
+        manager, config, checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_sharding), meta)
+    latest = None if found is None else found[0]
+    if found is not None:  # resume from the newest intact checkpoint, or start fresh
+      _, state, data_state = found
       train_data.set_state(data_state)
       print(f"resumed from {manager.directory}/{latest}", flush=True)
     else:
       state = exp.init_state()
     step_fn = compiling.result()
 
-  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
+  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps, resume_step=latest or 0)
+  saver = checkpoint.Saver(manager)
   preemption = _Preemption(mesh)
   step = int(state.step)
   last = {}
@@ -184,6 +206,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, scalars)
           last.update(scalars)
           sums, count = None, 0
+        preempted = preemption.agreed()  # a due checkpoint is saved before evaluation and sampling can fail
+        if preempted or _due(step, config.train.checkpoint_every, config.train.num_steps):
+          _raise_if_nonfinite(state, manager)
+          saver.save(step, state, train_data.get_state(), meta)
+        if preempted:
+          print(f"SIGTERM: saved checkpoint {step} and stopped", flush=True)
+          break
         if _due(step, config.train.eval_every, config.train.num_steps):
           eval_metrics = evaluate_lib.evaluate(exp, eval_fn, state.ema_params)
           if jax.process_index() == 0:
@@ -192,18 +221,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last.update(eval_metrics)
         if _due(step, config.train.sample_every, config.train.num_steps):
           sample_writer.write_training_samples(exp.graphdef, state.ema_params, config, exp.info, workdir, step)
-        preempted = preemption.agreed()
-        if preempted or _due(step, config.train.checkpoint_every, config.train.num_steps):
-          _raise_if_nonfinite(state, manager)
-          checkpoint.save(manager, step, state, train_data.get_state(), meta)
-        if preempted:
-          print(f"SIGTERM: saved checkpoint {step} and stopped", flush=True)
-          break
+        saver.check()  # a failed background save stops the run here, not at the next checkpoint
   finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    preemption.restore()
+    try:
+      saver.close()
+    finally:
+      writer.close()
+      preemption.restore()
   return last
 
 
@@ -242,9 +266,20 @@ def main(argv) -> None:
   distributed.initialize(flags.FLAGS.multihost)
   try:
     train_and_evaluate(config, workdir)
-  except (ValueError, FloatingPointError, OSError) as error:
+  except (ValueError, FloatingPointError, OSError, workdir_lock.WorkdirLockedError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _exit_now(1)
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()
+    _exit_now(1)
+
+
+def _exit_now(code: int) -> None:
+  """Exits at once: after a failed background save, Orbax threads can block a normal interpreter exit forever
+  (the scheduler would see a live job). The workdir lock and the metric files are closed already."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def run() -> None:
