@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -129,9 +130,10 @@ def damage(manager: ocp.CheckpointManager, step: int) -> str | None:
   return None
 
 
-def _first_line(error: BaseException, limit: int = 240) -> str:
-  lines = str(error).strip().splitlines() or [type(error).__name__]
-  return lines[0] if len(lines[0]) <= limit else lines[0][:limit] + "..."
+def _first_line(error: BaseException, limit: int = 400) -> str:
+  """The first line of `error`'s message; a long one keeps its start and its end (the OS error's words)."""
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return line if len(line) <= limit else f"{line[:limit // 2]} ... {line[-limit // 2:]}"
 
 
 def _key_name(key) -> str:
@@ -247,11 +249,27 @@ class _OrbaxErrors(logging.Filter):
     return False
 
 
+def _quiet_closed_event_loop() -> None:
+  """Makes sys.excepthook drop 'Event loop is closed': TensorStore's threads print it, through the hook, for
+  every write still in flight after a failed save closed Orbax's event loop (hundreds of tracebacks). Once per
+  process; it stays, as those threads can print until the process ends."""
+  if getattr(sys.excepthook, "quiet_closed_event_loop", False):
+    return
+  previous = sys.excepthook
+
+  def hook(kind, value, trace):
+    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+      previous(kind, value, trace)
+  hook.quiet_closed_event_loop = True
+  sys.excepthook = hook
+
+
 class Saver:
   """Saves checkpoints and surfaces a failed one, synchronous or asynchronous, as one SaveFailedError.
 
   `check()` after every step costs a flag read while a save runs; once it has finished, it raises if the step
-  was not written. Orbax's error tracebacks are not printed: the error's first line is in the message.
+  was not written. The tracebacks of a failed save are not printed: Orbax's logged errors (their first line is
+  in the message), and TensorStore's callbacks into Orbax's closed event loop after a write failed.
   """
 
   def __init__(self, manager: ocp.CheckpointManager):
@@ -259,6 +277,7 @@ class Saver:
     self.pending = None  # the step of the last save, until checked
     self._errors = _OrbaxErrors()
     logging.getLogger("absl").addFilter(self._errors)
+    _quiet_closed_event_loop()
 
   def _failed(self, step: int, error: BaseException | None) -> SaveFailedError:
     why = _first_line(error) if error is not None else (self._errors.last or "no error was reported")
