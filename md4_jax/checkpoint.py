@@ -13,7 +13,6 @@ import datetime
 import json
 import logging
 import os
-import sys
 from typing import Any
 
 import jax
@@ -136,6 +135,12 @@ def _first_line(error: BaseException, limit: int = 400) -> str:
   return line if len(line) <= limit else f"{line[:limit // 2]} ... {line[-limit // 2:]}"
 
 
+def _tensorstore_error(error: BaseException) -> str:
+  """The first line of a TensorStore read error without its spec dump."""
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return _first_line(RuntimeError(line.split(" [tensorstore_spec")[0].split(" See full TensorStore")[0]))
+
+
 def _key_name(key) -> str:
   for attribute in ("key", "idx", "name"):
     if hasattr(key, attribute):
@@ -191,7 +196,7 @@ def first_intact(manager: ocp.CheckpointManager, steps: list[int], restore_fn, o
         if "pytree structure" in str(error):
           raise MismatchError(f"checkpoint {manager.directory}/{step} does not fit this config's train state "
                               f"({_first_line(error)}); use the config it was trained with") from error
-        how = f"its arrays cannot be read ({_first_line(error).split(' See full TensorStore')[0]})"
+        how = f"its arrays cannot be read ({_tensorstore_error(error)})"
     if _all_processes(how is None):
       return step, restored
     on_damaged(step, how or "another process could not read it")
@@ -249,27 +254,12 @@ class _OrbaxErrors(logging.Filter):
     return False
 
 
-def _quiet_closed_event_loop() -> None:
-  """Makes sys.excepthook drop 'Event loop is closed': TensorStore's threads print it, through the hook, for
-  every write still in flight after a failed save closed Orbax's event loop (hundreds of tracebacks). Once per
-  process; it stays, as those threads can print until the process ends."""
-  if getattr(sys.excepthook, "quiet_closed_event_loop", False):
-    return
-  previous = sys.excepthook
-
-  def hook(kind, value, trace):
-    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-      previous(kind, value, trace)
-  hook.quiet_closed_event_loop = True
-  sys.excepthook = hook
-
-
 class Saver:
   """Saves checkpoints and surfaces a failed one, synchronous or asynchronous, as one SaveFailedError.
 
   `check()` after every step costs a flag read while a save runs; once it has finished, it raises if the step
-  was not written. The tracebacks of a failed save are not printed: Orbax's logged errors (their first line is
-  in the message), and TensorStore's callbacks into Orbax's closed event loop after a write failed.
+  was not written. Orbax's logged error tracebacks are not printed: their first line is in the message
+  (TensorStore's own tracebacks after a failed write: stderr_filter).
   """
 
   def __init__(self, manager: ocp.CheckpointManager):
@@ -277,7 +267,6 @@ class Saver:
     self.pending = None  # the step of the last save, until checked
     self._errors = _OrbaxErrors()
     logging.getLogger("absl").addFilter(self._errors)
-    _quiet_closed_event_loop()
 
   def _failed(self, step: int, error: BaseException | None) -> SaveFailedError:
     why = _first_line(error) if error is not None else (self._errors.last or "no error was reported")

@@ -39,6 +39,7 @@ from md4_jax import optim
 from md4_jax import preflight
 from md4_jax import sample_writer
 from md4_jax import sharding
+from md4_jax import stderr_filter
 from md4_jax import train_state as train_state_lib
 from md4_jax import workdir_lock
 from md4_jax.diffusion import bits_per_token
@@ -264,21 +265,23 @@ def main(argv) -> None:
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   enable_compilation_cache(flags.FLAGS.compilation_cache_dir)
   distributed.initialize(flags.FLAGS.multihost)
+  quiet = stderr_filter.ClosedLoopFilter()
   try:
     train_and_evaluate(config, workdir)
   except (ValueError, FloatingPointError, OSError, workdir_lock.WorkdirLockedError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
-    _exit_now(1)
+    _exit_now(1, quiet)
   except BaseException:  # pylint: disable=broad-except
     traceback.print_exc()
-    _exit_now(1)
+    _exit_now(1, quiet)
+  quiet.close()
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int, quiet: stderr_filter.ClosedLoopFilter) -> None:
   """Exits at once: after a failed background save, Orbax threads can block a normal interpreter exit forever
   (the scheduler would see a live job). The workdir lock and the metric files are closed already."""
   sys.stdout.flush()
-  sys.stderr.flush()
+  quiet.close()
   os._exit(code)  # pylint: disable=protected-access
 
 
