@@ -155,16 +155,18 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float)
       shard_index=jax.process_index(), shard_count=jax.process_count())
   step_fn = jit_train_step(exp)
   eval_fn = evaluate_lib.make_eval_fn(exp)
-  preflight.check(exp, eval_fn, workdir)
 
   def compile_step():
     with jax.set_mesh(mesh):
       return step_fn.lower(exp.abstract_state, exp.abstract_batch(config.train.batch_size)).compile()
 
-  # The step compiles from abstract shapes on a worker thread while the state is initialised or restored here
-  # (XLA releases the GIL): start-up costs about the longer of the two, not their sum.
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+  # The step compiles from abstract shapes on a worker thread while the inputs are checked and the state is
+  # initialised or restored here (XLA releases the GIL): start-up costs about the longer of the two, not their
+  # sum. A failed check or restore does not wait for the compilation.
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
     compiling = pool.submit(compile_step)
+    preflight.check(exp, eval_fn, workdir)
     manager = checkpoint.make_manager(workdir, config.train)
     meta = checkpoint.fingerprint(config)
     found = checkpoint.restore_newest_intact(
@@ -177,6 +179,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float)
     else:
       state = exp.init_state()
     step_fn = compiling.result()
+  finally:
+    pool.shutdown(wait=False)
 
   writer = metrics_lib.MetricWriter(workdir, config.train.num_steps, resume_step=latest or 0)
   saver = checkpoint.Saver(manager)

@@ -246,9 +246,15 @@ def test_changed_optimizer_layout_names_grad_clip(straight_run, tmp_path):
     ({"train.log_every": 0}, "train.log_every must be >= 1"),
 ])
 def test_bad_inputs_met_after_step_1_fail_before_it(tmp_path, monkeypatch, overrides, message):
-  class NoStep:
+  class NoStep:  # compiles (on the worker thread, while the inputs are checked) to a step that must not run
     def lower(self, *args):
-      raise AssertionError("the training step was compiled before the input checks")
+      return self
+
+    def compile(self):
+      return self
+
+    def __call__(self, *args):
+      raise AssertionError("a training step ran before the input checks")
   monkeypatch.setattr(train, "jit_train_step", lambda exp: NoStep())
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(tiny_config(num_steps=8, **overrides), str(tmp_path))
