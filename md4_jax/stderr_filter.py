@@ -4,7 +4,8 @@ After a checkpoint write fails, Orbax closes its event loop while TensorStore st
 flight; each completion's callback into the closed loop prints a 5-line traceback straight from TensorStore's
 threads (not through Python's logging, warnings or sys.excepthook): a full disk printed about 170 lines before
 the run's one error line. The command-line entry points route file descriptor 2 through a pipe and a thread that
-copies everything else unchanged, line by line.
+copies everything else unchanged, line by line (their lines interleave, as several threads print at once, so they
+are recognised one by one).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import os
 import sys
 import threading
 
-CLOSED_LOOP = b"RuntimeError: Event loop is closed"
+HEADER = b"Traceback (most recent call last):"
+# The other lines of those tracebacks (stripped); several threads print at once, so their lines interleave.
+NOISE = (b"self._check_closed()", b"raise RuntimeError('Event loop is closed')", b"RuntimeError: Event loop is closed")
+NOISE_FRAMES = (b"in call_soon_threadsafe", b"in _check_closed")  # in asyncio/base_events.py
+
+
+def is_noise(line: bytes) -> bool:
+  line = line.strip()
+  return line in NOISE or (line.startswith(b"File ") and b"asyncio" in line and line.endswith(NOISE_FRAMES))
 
 
 class ClosedLoopFilter:
@@ -29,20 +38,21 @@ class ClosedLoopFilter:
     self._thread.start()
 
   def _copy(self, read: int) -> None:
-    held = []  # the lines of a traceback, until its last line says what it was
+    header = None  # a traceback header, held until the next line tells whose traceback it starts
     with os.fdopen(read, "rb") as pipe:
       for line in pipe:
-        if not held and not line.startswith(b"Traceback (most recent call last):"):
+        if is_noise(line):
+          header = None
+          continue
+        if header is not None:
+          os.write(self._target, header)
+          header = None
+        if line.strip() == HEADER:
+          header = line
+        else:
           os.write(self._target, line)
-          continue
-        held.append(line)
-        if line.startswith((b" ", b"\t", b"Traceback")):
-          continue
-        if line.rstrip() != CLOSED_LOOP:
-          os.write(self._target, b"".join(held))
-        held = []
-    if held:
-      os.write(self._target, b"".join(held))
+    if header is not None:
+      os.write(self._target, header)
 
   def close(self) -> None:
     sys.stderr.flush()

@@ -163,6 +163,21 @@ def test_failed_save_exits_nonzero_with_one_line(tmp_path, asynchronous):
   assert checkpoint_steps(str(tmp_path)) == []
 
 
+def test_stderr_filter_drops_only_the_closed_event_loop_tracebacks():
+  noise = ['Traceback (most recent call last):',
+           '  File "/usr/lib/python3.11/asyncio/base_events.py", line 806, in call_soon_threadsafe',
+           '    self._check_closed()',
+           '  File "/usr/lib/python3.11/asyncio/base_events.py", line 519, in _check_closed',
+           "    raise RuntimeError('Event loop is closed')", 'RuntimeError: Event loop is closed']
+  kept = ["step 1/8", "Traceback (most recent call last):", '  File "train.py", line 1, in <module>',
+          "ValueError: a real error", "error: the last line"]
+  interleaved = noise[:3] + noise[:2] + [kept[0]] + noise[3:] + kept[1:3] + noise[2:] + kept[3:]  # two threads
+  code = ("import sys; from md4_jax import stderr_filter; f = stderr_filter.ClosedLoopFilter(); "
+          f"print({chr(10).join(interleaved)!r}, file=sys.stderr); f.close()")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+  assert result.stderr.splitlines() == kept
+
+
 # ---- damaged checkpoints
 
 
