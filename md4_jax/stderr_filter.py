@@ -54,7 +54,14 @@ class ClosedLoopFilter:
     if header is not None:
       os.write(self._target, header)
 
-  def close(self) -> None:
+  def close(self, discard_rest: bool = False) -> None:
+    """Writes out what is pending and gives descriptor 2 back; `discard_rest`: to /dev/null instead (at a
+    failure exit, where TensorStore's threads may still be printing)."""
     sys.stderr.flush()
-    os.dup2(self._target, 2)  # closes the pipe's last write end (children that inherited it aside): EOF
+    if discard_rest:
+      null = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(null, 2)  # closes the pipe's last write end (children that inherited it aside): EOF
+      os.close(null)
+    else:
+      os.dup2(self._target, 2)
     self._thread.join(timeout=5)

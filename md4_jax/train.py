@@ -285,7 +285,7 @@ def _exit_now(code: int, quiet: stderr_filter.ClosedLoopFilter) -> None:
   """Exits at once: after a failed background save, Orbax threads can block a normal interpreter exit forever
   (the scheduler would see a live job). The workdir lock and the metric files are closed already."""
   sys.stdout.flush()
-  quiet.close()
+  quiet.close(discard_rest=True)
   os._exit(code)  # pylint: disable=protected-access
 
 

@@ -53,6 +53,8 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def describe(holder: dict) -> str:
+  if not holder:
+    return "a lock file being written, or unreadable"
   started = datetime.datetime.fromtimestamp(holder.get("started", 0), datetime.timezone.utc)
   return (f"host {holder.get('host')!r}, pid {holder.get('pid')}, started "
           f"{started.strftime('%Y-%m-%d %H:%M:%S')} UTC")

@@ -154,7 +154,7 @@ def test_failed_save_exits_nonzero_with_one_line(tmp_path, asynchronous):
                  "--config.train.checkpoint_every=200"], preexec_fn=_file_size_limit(100_000))
   code, out = _finish(proc, timeout=120)
   assert code == 1, out
-  lines = out.strip().splitlines()
+  lines = [l.strip() for l in out.strip().splitlines()]  # threads printing at once can interleave indents
   errors = [l for l in lines if l.startswith("error: writing checkpoint")]
   assert len(errors) == 1 and "/checkpoints/200 failed" in errors[0] and "too large" in errors[0], out
   assert "step 200/" in out and "step 400/" not in out, out
