@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -104,7 +105,9 @@ def restore_ema(config: ml_collections.ConfigDict, workdir: str, step: int | Non
   """EMA parameters of checkpoint `step` (None: the latest) of `workdir`, without the optimizer state.
 
   They are placed on the mesh of `config.mesh` over the present devices, whatever the device count of the
-  run that wrote them. Raises ValueError if there is no such checkpoint or it belongs to another model config.
+  run that wrote them. Raises ValueError if there is no such checkpoint, it belongs to another model config or
+  it is damaged (naming the file and how); with `step` None a damaged newest checkpoint is named on stderr and
+  the newest intact one used (left in place: a reader never moves checkpoints).
   """
   exp = build(config, inference=True)
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -113,17 +116,28 @@ def restore_ema(config: ml_collections.ConfigDict, workdir: str, step: int | Non
                      "(train first: python -m md4_jax.train --config ... --workdir ...)")
   manager = checkpoint.make_manager(workdir, read_only=True)
   try:
-    steps = list(manager.all_steps())
+    steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
       raise ValueError(f"no checkpoint in {directory}; train first (python -m md4_jax.train ...)")
-    step = max(steps) if step is None else step
-    if step not in steps:
+    if step is not None and step not in steps:
       raise ValueError(f"no checkpoint of step {step} in {directory}; available steps: {sorted(steps)}")
-    checkpoint.check_meta(manager, step, checkpoint.fingerprint(config))
     target = {"ema_params": checkpoint.abstract_with_shardings(exp.abstract_state.ema_params,
                                                                 exp.state_sharding.ema_params)}
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+
+    def restore_fn(candidate):
+      checkpoint.check_meta(manager, candidate, checkpoint.fingerprint(config))
+      return manager.restore(candidate, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+
+    def on_damaged(candidate, how):
+      message = f"checkpoint {directory}/{candidate} is damaged: {how}"
+      if step is not None:
+        raise ValueError(message)
+      print(f"{message}; using the step before", file=sys.stderr, flush=True)
+
+    found = checkpoint.first_intact(manager, steps if step is None else [step], restore_fn, on_damaged)
+    if found is None:
+      raise ValueError(f"every checkpoint in {directory} is damaged (steps {sorted(steps)})")
   finally:
     manager.close()
-  return Restored(exp, restored["state"]["ema_params"], int(step))
+  return Restored(exp, found[1]["state"]["ema_params"], int(found[0]))

@@ -8,6 +8,8 @@ import time
 
 import jax
 
+from md4_jax import atomic
+
 
 def fmt_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
@@ -16,17 +18,45 @@ def fmt_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-class MetricWriter:
-  """Writes scalars to workdir/metrics.jsonl and workdir/tensorboard on process 0."""
+def drop_rows_after(path: str, step: int) -> int:
+  """Removes the rows of steps > `step` (and a partly written last line) from the JSONL file at `path`, atomically;
+  returns how many were removed. A run resumed from checkpoint `step` replays those steps and writes them again."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # cut off by a kill during the write
+    if isinstance(row, dict) and row.get("step", 0) <= step:
+      kept.append(line)
+  if len(kept) < len(lines):
+    atomic.write(path, "".join(line + "\n" for line in kept))
+  return len(lines) - len(kept)
 
-  def __init__(self, workdir: str, total_steps: int):
+
+class MetricWriter:
+  """Writes scalars to workdir/metrics.jsonl and workdir/tensorboard on process 0.
+
+  `resume_step`: the step the run starts from; rows of later steps (written before a crash, replayed now) are
+  dropped from metrics.jsonl, so it holds one row per step and kind.
+  """
+
+  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
     self._last = None  # (time, step) of the last progress line
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      dropped = drop_rows_after(path, resume_step)
+      if dropped:
+        print(f"{path}: dropped {dropped} row(s) after step {resume_step}, which this run replays", flush=True)
+      self._jsonl = open(path, "a", encoding="utf-8")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -4,9 +4,13 @@
     python -m md4_jax.train --workdir /tmp/demo          # resume: the run's config is WORKDIR/config.json
 
 Reads top to bottom: mesh -> data -> model and abstract state -> shardings -> jitted steps -> resume -> loop.
-The loop body: batch -> step -> maybe log -> maybe evaluate / sample -> maybe checkpoint. SIGTERM saves a
+The loop body: batch -> step -> maybe log -> maybe checkpoint -> maybe evaluate / sample. SIGTERM saves a
 checkpoint and exits cleanly; a NaN / Inf loss or gradient skips the update and stops with a message,
 leaving the checkpoints as they were.
+
+Robustness: one run per workdir (workdir_lock); every input the loop meets later checked before step 1
+(preflight); resume from the newest intact checkpoint, damaged newer ones named and moved aside; a failed save,
+synchronous or in the background, stops the run with one line and a non-zero exit within a step.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +38,12 @@ from md4_jax import experiment as experiment_lib
 from md4_jax import metrics as metrics_lib
 from md4_jax import optim
 from md4_jax import generate
+from md4_jax import preflight
 from md4_jax import run_config
 from md4_jax import sharding
+from md4_jax import stderr_filter
 from md4_jax import train_state as train_state_lib
+from md4_jax import workdir_lock
 from md4_jax.diffusion import bits_per_token
 
 
@@ -128,8 +136,20 @@ class _Preemption:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the last metrics."""
+  """Trains `config` in `workdir` (resuming from its latest intact checkpoint); returns the last metrics.
+
+  Raises workdir_lock.WorkdirLockedError, naming the holder, if another live run holds `workdir`.
+  """
   start = time.time()
+  lock = workdir_lock.acquire_for_run(workdir)  # before anything is written into workdir
+  try:
+    return _train_locked(config, workdir, start)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float) -> dict[str, float]:
   saved = run_config.load(workdir)
   if saved is not None:  # a resumed run: the same model as at its first start
     run_config.check(saved, config, workdir)
@@ -145,16 +165,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with jax.set_mesh(mesh):
       return step_fn.lower(exp.abstract_state, exp.abstract_batch(config.train.batch_size)).compile()
 
-  # The step compiles from abstract shapes on a worker thread while the state is initialised or restored here
-  # (XLA releases the GIL): start-up costs about the longer of the two, not their sum.
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+  # The step compiles from abstract shapes on a worker thread while the inputs are checked and the state is
+  # initialised or restored here (XLA releases the GIL): start-up costs about the longer of the two, not their
+  # sum. A failed check or restore does not wait for the compilation.
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
     compiling = pool.submit(compile_step)
+    preflight.check(exp, eval_fn, workdir)
     manager = checkpoint.make_manager(workdir, config.train)
     meta = checkpoint.fingerprint(config)
-    latest = manager.latest_step()
-    if latest is not None:  # resume from the latest checkpoint, or start fresh
-      state, data_state = checkpoint.restore(
-          manager, latest, checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_sharding), meta)
+    found = checkpoint.restore_newest_intact(
+        manager, config, checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_sharding), meta)
+    latest = None if found is None else found[0]
+    if found is not None:  # resume from the newest intact checkpoint, or start fresh
+      _, state, data_state = found
       train_data.set_state(data_state)
       print(f"resumed from {manager.directory}/{latest}", flush=True)
     else:
@@ -162,8 +186,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if saved is None and jax.process_index() == 0:
       run_config.save(workdir, config)  # the resolved config: the workdir says what it holds
     step_fn = compiling.result()
+  finally:
+    pool.shutdown(wait=False)
 
-  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps)
+  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps, resume_step=latest or 0)
+  saver = checkpoint.Saver(manager)
   preemption = _Preemption(mesh)
   step = int(state.step)
   last = {}
@@ -191,6 +218,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, scalars)
           last.update(scalars)
           sums, count = None, 0
+        preempted = preemption.agreed()  # a due checkpoint is saved before evaluation and sampling can fail
+        if preempted or _due(step, config.train.checkpoint_every, config.train.num_steps):
+          _raise_if_nonfinite(state, manager)
+          saver.save(step, state, train_data.get_state(), meta)
+        if preempted:
+          print(f"SIGTERM: saved checkpoint {step} and stopped", flush=True)
+          break
         if _due(step, config.train.eval_every, config.train.num_steps):
           eval_metrics = evaluation.evaluate(exp, eval_fn, state.ema_params)
           if jax.process_index() == 0:
@@ -199,18 +233,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           last.update(eval_metrics)
         if _due(step, config.train.sample_every, config.train.num_steps):
           generate.training_samples(exp.graphdef, state.ema_params, config, exp.info, mesh, workdir, step)
-        preempted = preemption.agreed()
-        if preempted or _due(step, config.train.checkpoint_every, config.train.num_steps):
-          _raise_if_nonfinite(state, manager)
-          checkpoint.save(manager, step, state, train_data.get_state(), meta)
-        if preempted:
-          print(f"SIGTERM: saved checkpoint {step} and stopped", flush=True)
-          break
+        saver.check()  # a failed background save stops the run here, not at the next checkpoint
   finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    preemption.restore()
+    try:
+      saver.close()
+    finally:
+      writer.close()
+      preemption.restore()
   return last
 
 
@@ -253,14 +282,33 @@ def main(argv: list[str]) -> int:
   """`python -m md4_jax.train` (argv as sys.argv); returns the exit code."""
   def body(f, config):
     enable_compilation_cache(f.compilation_cache_dir)
-    train_and_evaluate(config, f.workdir)
+    try:
+      train_and_evaluate(config, f.workdir)
+    except workdir_lock.WorkdirLockedError as error:
+      print(f"error: {error}", file=sys.stderr, flush=True)
+      return 1
   return cli.run(argv, __doc__, define_flags, body, verbosity="warning",
                  workdir_help="directory for checkpoints, metrics and samples")
 
 
 def run() -> None:
-  """Console entry point (md4-train) and `python -m md4_jax.train`."""
-  sys.exit(main(sys.argv))
+  """Console entry point (md4-train) and `python -m md4_jax.train`.
+
+  A failed run exits at once (os._exit): after a failed background save, Orbax threads can block a normal
+  interpreter exit forever, and a scheduler would see a live job. The workdir lock and the metric files are closed
+  by then. TensorStore's closed-event-loop tracebacks after a failed write are filtered from stderr.
+  """
+  quiet = stderr_filter.ClosedLoopFilter()
+  try:
+    code = main(sys.argv)
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()
+    code = 1
+  sys.stdout.flush()
+  quiet.close(discard_rest=bool(code))
+  if code:
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(0)
 
 
 if __name__ == "__main__":

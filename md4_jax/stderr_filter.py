@@ -1,0 +1,67 @@
+"""Drops one kind of noise from the process's stderr: TensorStore's 'Event loop is closed' tracebacks.
+
+After a checkpoint write fails, Orbax closes its event loop while TensorStore still completes the other writes in
+flight; each completion's callback into the closed loop prints a 5-line traceback straight from TensorStore's
+threads (not through Python's logging, warnings or sys.excepthook): a full disk printed about 170 lines before
+the run's one error line. The command-line entry points route file descriptor 2 through a pipe and a thread that
+copies everything else unchanged, line by line (their lines interleave, as several threads print at once, so they
+are recognised one by one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+HEADER = b"Traceback (most recent call last):"
+# The other lines of those tracebacks (stripped); several threads print at once, so their lines interleave.
+NOISE = (b"self._check_closed()", b"raise RuntimeError('Event loop is closed')", b"RuntimeError: Event loop is closed")
+NOISE_FRAMES = (b"in call_soon_threadsafe", b"in _check_closed")  # in asyncio/base_events.py
+
+
+def is_noise(line: bytes) -> bool:
+  line = line.strip()
+  return line in NOISE or (line.startswith(b"File ") and b"asyncio" in line and line.endswith(NOISE_FRAMES))
+
+
+class ClosedLoopFilter:
+  """Installed on creation; `close()` (before exiting) restores descriptor 2 and writes out what is pending."""
+
+  def __init__(self):
+    sys.stderr.flush()
+    self._target = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    self._thread = threading.Thread(target=self._copy, args=(read,), name="stderr_filter", daemon=True)
+    self._thread.start()
+
+  def _copy(self, read: int) -> None:
+    header = None  # a traceback header, held until the next line tells whose traceback it starts
+    with os.fdopen(read, "rb") as pipe:
+      for line in pipe:
+        if is_noise(line):
+          header = None
+          continue
+        if header is not None:
+          os.write(self._target, header)
+          header = None
+        if line.strip() == HEADER:
+          header = line
+        else:
+          os.write(self._target, line)
+    if header is not None:
+      os.write(self._target, header)
+
+  def close(self, discard_rest: bool = False) -> None:
+    """Writes out what is pending and gives descriptor 2 back; `discard_rest`: to /dev/null instead (at a
+    failure exit, where TensorStore's threads may still be printing)."""
+    sys.stderr.flush()
+    if discard_rest:
+      null = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(null, 2)  # closes the pipe's last write end (children that inherited it aside): EOF
+      os.close(null)
+    else:
+      os.dup2(self._target, 2)
+    self._thread.join(timeout=5)
