@@ -238,20 +238,24 @@ def test_euler_is_first_order_close_to_ancestral():
 
 
 def test_genmd4_transition_reduces_to_poly():
-  """md4.md §2.9: all w = c gives the ancestral step of poly<c>; eps = 0 gives r_i = (s/t)^{w_i}."""
+  """md4.md §2.9 with the objective's schedule 1 - alpha_{t,v} = (1 - eps) t^{w_v}: r_i = (s/t)^{w_i}, any eps; all
+  w = c gives the ancestral step of poly<c> with eps = 0."""
   log_mu = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (4, 5)))
   t, s = jnp.float32(0.7), jnp.float32(0.6)
-  hazard, log_w = ancestral.genmd4_transition(log_mu, t, s, jnp.full((5,), 2.0), 1e-4)
+  hazard, log_w = ancestral.genmd4_transition(log_mu, t, s, jnp.full((5,), 2.0))
   with jax.enable_x64(True):
-    schedule = make_schedule("poly2", 1e-4)
+    schedule = make_schedule("poly2", 0.0)
     p_stay = float(schedule.one_minus_alpha(0.6) / schedule.one_minus_alpha(0.7))
   np.testing.assert_allclose(np.exp(-np.asarray(hazard)), p_stay, rtol=1e-5)
-  w = jnp.array([0.5, 1.0, 2.0, 3.0, 4.0])
-  hazard, log_w = ancestral.genmd4_transition(log_mu, t, s, w, 0.0)
-  r = np.asarray((s / t) ** w)
-  mu = np.exp(np.asarray(log_mu))
+  w = np.array([0.5, 1.0, 2.0, 3.0, 4.0])
+  hazard, log_w = ancestral.genmd4_transition(log_mu, t, s, jnp.asarray(w, jnp.float32))
+  r = (0.6 / 0.7) ** w
+  mu = np.exp(np.asarray(log_mu, np.float64))
   np.testing.assert_allclose(np.exp(-np.asarray(hazard)), mu @ r, rtol=1e-5)
   np.testing.assert_allclose(np.exp(np.asarray(log_w)), mu * (1 - r), rtol=1e-5)
+  hazard, log_w = ancestral.genmd4_transition(log_mu, t, jnp.float32(0.0), jnp.asarray(w, jnp.float32))
+  assert np.all(np.isinf(np.asarray(hazard)))  # the last step (s = 0) unmasks every position
+  np.testing.assert_allclose(np.asarray(log_w), np.asarray(log_mu), rtol=1e-6)
 
 
 # Top-p -------------------------------------------------------------------------------------------------------

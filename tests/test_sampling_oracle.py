@@ -49,9 +49,9 @@ def md4_oracle(z, t):
 
 
 def genmd4_oracle(w: np.ndarray, eps: float):
-  """Exact x_theta at time t for GenMD4's forward process: masked x^n weighs 1 - alpha_{t, x^n}."""
+  """Exact x_theta at time t for GenMD4's forward process: masked x^n weighs 1 - alpha_{t, x^n} = (1 - eps) t^w."""
   def denoise(z, t):
-    one_minus_alpha = (1 - 2 * eps) * jnp.power(t[0], jnp.asarray(w, jnp.float32)) + eps  # [V]
+    one_minus_alpha = (1 - eps) * jnp.power(t[0], jnp.asarray(w, jnp.float32))  # [V]
     masked = ZS[:, None, :] == V  # [64, 1, L]
     factors = jnp.where(masked, one_minus_alpha[XS][None], 1.0)  # [64, 27, L]
     agree = np.all((ZS[:, None, :] == V) | (ZS[:, None, :] == XS[None]), axis=-1)
@@ -265,10 +265,11 @@ def test_eta_zero_is_ancestral_bitwise():
 
 
 def test_genmd4_with_equal_exponents_is_ancestral_with_poly():
-  """md4.md §7 item 14 for the sampler: all w = c gives the same samples as MD4 with schedule 'poly<c>'."""
+  """md4.md §7 item 14 for the sampler: all w = c gives the same samples as MD4 with schedule 'poly<c>' and eps = 0
+  (GenMD4's step does not depend on eps)."""
   vocab = VOCAB
   z_init = jnp.full((8, 16), vocab)
-  common = dict(num_steps=100, grid="uniform", top_p=0.9, top_p_rule="remdm")
+  common = dict(num_steps=100, grid="uniform", top_p=0.9, top_p_rule="remdm", eps=0.0)
   poly = sampling.sample(random_denoiser, jax.random.key(9), z_init, config_of("ancestral", schedule="poly2",
                                                                                 **common))
   genmd4 = sampling.sample(random_denoiser, jax.random.key(9), z_init, config_of("ancestral", **common),

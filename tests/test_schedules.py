@@ -87,3 +87,38 @@ def test_bad_arguments():
     make_schedule("linear").alpha(jnp.array([0.5, 1.5]))
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     make_schedule("cosine").weight(np.array([-0.1]))
+
+
+def _reference(name, t, eps, beta_min=1e-5, beta_max=20.0):
+  """(alpha, 1 - alpha, alpha') in float64 from md4.md §2.2's table and shift (geometric: MD4 Table 4), with the
+  differences that cancel written as trigonometric / expm1 identities so that the reference keeps ~1e-12."""
+  if name == "linear":
+    a, one_minus_a, da = 1 - t, t, -np.ones_like(t)
+  elif name.startswith("poly"):
+    k = float(name[4:])
+    a, one_minus_a, da = -np.expm1(k * np.log(t)), t**k, -k * t**(k - 1)
+  elif name == "cosine":
+    x = 0.5 * math.pi * (1 - t)
+    a, one_minus_a, da = 2 * np.sin(x / 2)**2, np.cos(x), -0.5 * math.pi * np.sin(x)
+  else:
+    g = beta_min**(1 - t) * beta_max**t
+    z = math.exp(-beta_min) - math.exp(-beta_max)
+    a = math.exp(-beta_max) * np.expm1(beta_max - g) / z
+    one_minus_a = -math.exp(-beta_min) * np.expm1(-beta_min * np.expm1(t * math.log(beta_max / beta_min))) / z
+    da = -g * math.log(beta_max / beta_min) * np.exp(-g) / z
+  return (1 - 2 * eps) * a + eps, (1 - 2 * eps) * one_minus_a + eps, (1 - 2 * eps) * da
+
+
+@pytest.mark.parametrize("eps", [1e-4, 0.0])
+@pytest.mark.parametrize("name", ["linear", "cosine", "poly3", "poly0.5", "geometric"])
+def test_float32_near_both_ends_matches_float64(name, eps):
+  """1 - alpha, alpha', the weight and alpha in float32 at t = 1e-7, 1e-6, 1e-3, 0.5 and near 1, each within
+  5e-7 relative (a few float32 roundings) of float64 (issue 15 item 3: 1 - cos(pi/2 (1 - t)) was 6e-4 off)."""
+  t = np.array([1e-7, 1e-6, 1e-3, 0.5, 1 - 1e-3, 1 - 1e-6], np.float32)
+  s = make_schedule(name, eps)
+  alpha, one_minus_alpha, dalpha = _reference(name, t.astype(np.float64), eps)
+  t32 = jnp.asarray(t)
+  for got, want in [(s.one_minus_alpha(t32), one_minus_alpha), (s.dalpha(t32), dalpha),
+                    (s.weight(t32), dalpha / one_minus_alpha), (s.alpha(t32), alpha)]:
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=5e-7, atol=0)

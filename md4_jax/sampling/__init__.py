@@ -33,8 +33,9 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
   key: one key (example b draws from fold_in(key, b)) or typed keys [B], one per example.
   Tokens of z_init other than V are fixed: they are never changed, also under remasking (all masks =
   unconditional; anything else = prefix or infilling). The whole run is one jitted `lax.scan`.
-  genmd4_w: [V] per-token exponents w of a GenMD4 state-dependent schedule alpha_{t,v} = 1 - t^{w_v} (eps-shifted;
-  replaces config.schedule; name must be 'ancestral'; md4.md §2.9).
+  genmd4_w: [V] per-token exponents w of a GenMD4 state-dependent schedule alpha_{t,v} = 1 - (1 - eps) t^{w_v}
+  (genmd4.TokenSchedule, as the objective; replaces config.schedule, and eps cancels from the step; name must be
+  'ancestral'; md4.md §2.9).
   guide: None, or a `jax.tree_util.Partial` guide(z_t [B, N] int32, t [B] float32, idx [K] int32, V) -> [K, V]
   float32 log-weights added to the prediction only at the flat positions idx = b * N + n where a token is drawn
   (guidance.cbg_guide: D-CBG at the cost of the drawn positions, not of all L; data [B, N] only; not with

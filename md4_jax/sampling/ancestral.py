@@ -17,11 +17,11 @@ where something happens. The clock is kept in float32, so each step's probabilit
 Euler (MD4 §4, the first-order discretisation it compares against): the reverse unmasking rate of a masked token
 is -alpha'_t / (1 - alpha_t), so p_unmask = min(1, -alpha'_t (t - s) / (1 - alpha_t)).
 
-GenMD4 (md4.md §2.9, App. I.2), per-token schedule alpha_{t,v} = (1 - 2 eps)(1 - t^{w_v}) + eps (schedules.py's
-shifted poly with an exponent per token): given z_t = m and x_0 = i, z_s = m w.p. r_i = (1 - alpha_{s,i}) /
-(1 - alpha_{t,i}), else i. With mu = p(x_0 | z_t):
-  P(stay m) = sum_i r_i mu_i,   P(z_s = i) = (1 - r_i) mu_i,
-which for eps = 0 is r_i = (s/t)^{w_i}; with all w_i = c it is the ancestral step of 'poly<c>'.
+GenMD4 (md4.md §2.9, App. I.2), with the per-token schedule of its objective, alpha_{t,v} = 1 - (1 - eps) t^{w_v}
+(genmd4.TokenSchedule): given z_t = m and x_0 = i, z_s = m w.p. r_i = (1 - alpha_{s,i}) / (1 - alpha_{t,i}) =
+(s/t)^{w_i} (eps cancels), else i. With mu = p(x_0 | z_t):
+  P(stay m) = sum_i r_i mu_i,   P(z_s = i) = (1 - r_i) mu_i;
+with all w_i = c it is the ancestral step of 'poly<c>' with eps = 0. The last step (s = 0) unmasks every position.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from md4_jax.genmd4 import TokenSchedule
 from md4_jax.sampling.grid import Grid
 from md4_jax.schedules import MaskingSchedule
 
@@ -76,17 +77,15 @@ def fire(clock: jax.Array, z: jax.Array, remaskable: jax.Array, mask_id: int, ha
   return fired & is_mask, fired & ~is_mask, clock - h
 
 
-def genmd4_transition(log_mu: jax.Array, t: jax.Array, s: jax.Array, w: jax.Array, eps: float):
+def genmd4_transition(log_mu: jax.Array, t: jax.Array, s: jax.Array, w: jax.Array):
   """GenMD4 reverse step of a masked token (App. I.2), for normalised log mu [..., V] and exponents w [V].
 
-  Returns the hazard -log P(stay m) [...] and the log-weights log((1 - r_v) mu_v) [..., V] of the unmasked token.
-  alpha_s - alpha_t = -(1 - 2 eps) t^w expm1(w log(s / t)) avoids the cancellation of t^w - s^w.
+  Returns the hazard -log P(stay m) [...] and the log-weights log((1 - r_v) mu_v) [..., V] of the unmasked token,
+  with log r = genmd4.TokenSchedule.log_survival(s, t) and 1 - r = -expm1(log r) without cancellation.
   """
-  schedule = MaskingSchedule("poly", eps, (w,))
-  one_minus_alpha_t = schedule.one_minus_alpha(t)  # [V]
-  one_minus_alpha_s = schedule.one_minus_alpha(s)
-  d_alpha = -(1.0 - 2.0 * eps) * jnp.power(t, w) * jnp.expm1(w * jnp.log(s / t))  # [V]
+  log_r = TokenSchedule(w, 0.0).log_survival(s, t)  # [V]; eps does not enter r
+  one_minus_r = -jnp.expm1(log_r)
   mu = jnp.exp(log_mu)
-  p_stay = jnp.sum(mu * (one_minus_alpha_s / one_minus_alpha_t), axis=-1)
-  p_unmask = jnp.sum(mu * (d_alpha / one_minus_alpha_t), axis=-1)
-  return hazard(p_unmask, p_stay), log_mu + jnp.log(d_alpha / one_minus_alpha_t)
+  p_stay = jnp.sum(mu * jnp.exp(log_r), axis=-1)
+  p_unmask = jnp.sum(mu * one_minus_r, axis=-1)
+  return hazard(p_unmask, p_stay), log_mu + jnp.log(one_minus_r)

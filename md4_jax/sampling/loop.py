@@ -63,7 +63,6 @@ class Static:
   remask: bool          # some sigma_t > 0
   conf: bool            # per-token sigma from confidences (ReMDM 'conf' with some sigma_t > 0)
   genmd4: bool
-  eps: float            # the schedule's shift (GenMD4 only, else 0)
   cache: bool
   final: str
   temperature: float
@@ -103,7 +102,7 @@ def make_static(config: SamplerConfig, plan: Plan, vocab_size: int, num_position
   return Static(vocab_size=vocab_size, out_dim=out_dim or vocab_size, capacity=capacity_for(num_positions),
                 remask=remask,
                 conf=remask and config.name == "remdm" and config.strategy == "conf", genmd4=genmd4,
-                eps=config.eps if genmd4 else 0.0, cache=config.cache, final=config.final,
+                cache=config.cache, final=config.final,
                 temperature=config.temperature, top_p=config.top_p, top_p_rule=config.top_p_rule,
                 t_final=grid_lib.final_time(config))
 
@@ -175,7 +174,7 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, head_fn, static: S
       def with_mu(state):
         logp, state = denoise(state, p.t_model)
         log_mu = logp if transform is None else transform(logp)
-        return (state,) + ancestral.genmd4_transition(log_mu, p.t, p.s, genmd4_w, static.eps)
+        return (state,) + ancestral.genmd4_transition(log_mu, p.t, p.s, genmd4_w)
 
       def without_mu(state):
         return state, jnp.zeros(shape), jnp.zeros(shape + (mask_id,))
