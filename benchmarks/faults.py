@@ -138,7 +138,7 @@ def kill_chain(root, reference, cache, asynchronous, kills, sigterms):
 
 
 def damaged(root, reference, cache):
-  from md4_jax import checkpoint, config_base, experiment  # pylint: disable=g-import-not-at-top
+  from md4_jax.training import checkpoint, config_base, experiment  # pylint: disable=g-import-not-at-top
   kinds = [("state/manifest.ocdbt", "truncate"), ("state/manifest.ocdbt", "delete"), ("state/_METADATA", "zero"),
            ("state/_METADATA", "truncate"), ("meta/metadata", "delete"), ("data/metadata", "truncate"),
            ("array data file", "zero"), ("array data file", "delete")]

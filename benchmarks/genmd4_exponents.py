@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from md4_jax import config_base, experiment  # noqa: E402
+from md4_jax.training import config_base, experiment  # noqa: E402
 from md4_jax.data import text_corpus  # noqa: E402
 
 

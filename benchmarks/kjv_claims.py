@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from md4_jax import config_base, quality  # noqa: E402
+from md4_jax.training import config_base  # noqa: E402
+from md4_jax.evaluation import quality
 from md4_jax.data import text_corpus  # noqa: E402
 
 

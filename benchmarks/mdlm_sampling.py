@@ -54,7 +54,8 @@ def write_random_checkpoint(path: str, size: str) -> None:
 def one_run(workdir: str, batch: int, steps: int) -> dict:
   """Compile run + timed run of the workdir's sampler at batch `batch` (this process)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from md4_jax import experiment, run_config, sample_lib  # pylint: disable=g-import-not-at-top
+  from md4_jax.training import experiment, run_config  # pylint: disable=g-import-not-at-top
+  from md4_jax import sample_lib
   config = run_config.load(workdir)
   config.model.network.dtype = "float32"
   config.mesh.data, config.mesh.fsdp = 1, 1

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from md4_jax import experiment as experiment_lib  # noqa: E402
+from md4_jax.training import experiment as experiment_lib  # noqa: E402
 from md4_jax import model as model_lib  # noqa: E402
 from md4_jax import train  # noqa: E402
 from md4_jax.nn import blocks, transformer  # noqa: E402

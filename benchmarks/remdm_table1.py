@@ -12,7 +12,7 @@ Samplers (sampling/config.py, the exact ReMDM reproduction setting): MDLM† = '
 the workdir's sampler (loop, eta 0.02, t_on 0.55, t_off 0.05, alpha_on 0.9), both on grid 'remdm' (alpha_t = 1 - t,
 float32 linspace(1, 1e-5, T + 1)), top-p 0.9 by 'remdm_sort', cached predictions, argmax noise removal; samples in
 batches of --batch_size (the reference draws one at a time: the distribution is the same, caching is per batch).
-Metrics (md4_jax.quality.text_quality, remdm.md §3.1): entropy of each sample's ids (mean), Gen PPL under GPT-2 Large
+Metrics (md4_jax.evaluation.quality.text_quality, remdm.md §3.1): entropy of each sample's ids (mean), Gen PPL under GPT-2 Large
 (token-weighted, the first EOS counted), MAUVE of GPT-2 Large features against --references ([M, L] GPT-2 ids in a
 .npy, e.g. 5,000 random validation blocks). Runs go in the order of --steps, MDLM then ReMDM; one that would end
 after --time_limit seconds (estimated from the previous run's rate) is skipped and marked so.
@@ -35,7 +35,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import ml_collections  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from md4_jax import convert, experiment, mdlm_weights, quality, run_config, sample_lib, sampling  # noqa: E402
+from md4_jax import convert, mdlm_weights, sample_lib, sampling  # noqa: E402
+from md4_jax.training import experiment, run_config
+from md4_jax.evaluation import quality
 from md4_jax.data import gpt2_tokenizer  # noqa: E402
 from mdlm_sampling import random_state, write_random_checkpoint  # noqa: E402
 

@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from md4_jax import sweep_spec  # pylint: disable=g-import-not-at-top,wrong-import-position
+from md4_jax.sweeps import sweep_spec  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FIRST_STEP = re.compile(r"first step done ([0-9.]+)s after start")
 
@@ -60,7 +60,7 @@ def main() -> int:
                   f"--compilation_cache_dir={os.path.join(args.workdir, 'cache_sweep')}"],
                  cwd=ROOT, env=env, check=True)
   sweep_total = time.time() - start
-  from md4_jax import sweep_report  # pylint: disable=g-import-not-at-top
+  from md4_jax.sweeps import sweep_report  # pylint: disable=g-import-not-at-top
   for row, m in zip(rows, members):
     with open(sweep_report.status_path(root, m.name, "log"), encoding="utf-8") as f:
       row["sweep_first"] = _first_step_s(f.read())

@@ -27,7 +27,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from md4_jax import config_base, evaluation, train  # noqa: E402
+from md4_jax.training import config_base  # noqa: E402
+from md4_jax.evaluation import nelbo as evaluation
+from md4_jax import train
 
 
 class _CompileCounter(logging.Handler):

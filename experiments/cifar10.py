@@ -6,7 +6,7 @@ Paper App. J: 2M iterations, lr 4e-4 (the public config: 2e-4), batch 256, weigh
 b2 0.99, dropout 0.1, EMA 0.9999; samples with T = 256.
 """
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 from md4_jax.data import default_data_config
 
 

@@ -8,8 +8,8 @@ x 2 seeds) of it, one report in /tmp/md4_demo_sweep/report.md:
     python -m md4_jax.sweep --config experiments/demo.py --workdir /tmp/md4_demo_sweep
 """
 
-from md4_jax import config_base
-from md4_jax import sweep_spec
+from md4_jax.training import config_base
+from md4_jax.sweeps import sweep_spec
 
 
 def get_config():

@@ -8,8 +8,8 @@ The schedule ablation crossed with the sampler's time grid (md4: the cosine sche
         --sample_quality 'grid=uniform,num_steps=16;grid=cosine,num_steps=16;grid=uniform,num_steps=64;grid=cosine,num_steps=64'
 """
 
-from md4_jax import config_base
-from md4_jax import sweep_spec
+from md4_jax.training import config_base
+from md4_jax.sweeps import sweep_spec
 from md4_jax.data import default_data_config
 
 

@@ -7,7 +7,7 @@ cosine-schedule model): U-Net with a DiT middle (feature_dim 256, 8 ResBlocks, 2
 Paper App. J: 2M iterations, lr 2e-4, batch 512, weight decay 0.03 (public config 0.01), warmup 100, dropout 0.1.
 """
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 from md4_jax.data import default_data_config
 
 

@@ -13,8 +13,8 @@ The masking-schedule ablation (md4 Table 4's schedules, 2 seeds each; BENCHMARKS
 
 import os
 
-from md4_jax import config_base
-from md4_jax import sweep_spec
+from md4_jax.training import config_base
+from md4_jax.sweeps import sweep_spec
 
 KJV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "kjv.txt.gz")
 

@@ -15,7 +15,7 @@ argmax noise removal, cached predictions (ReMDM Table 1: OWT MAUVE 0.403 at T = 
 
 import ml_collections
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 from md4_jax import sampling
 from md4_jax.data import default_data_config
 

@@ -7,7 +7,7 @@ Paper App. J: as text8 but dropout 0.02; batch 512, lr 3e-4, warmup 2000, weight
 GPT-2 BPE: V = 50257, mask id 50257.
 """
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 from md4_jax.data import default_data_config
 
 

@@ -5,7 +5,7 @@
 
 import os
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 
 
 def get_config():

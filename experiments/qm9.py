@@ -7,7 +7,7 @@ dropped at rate 0.1 in training (classifier-free guidance, md4_jax/guidance.py);
 QED instead, `--config.data.label=none` trains unconditionally. ReMDM's QM9 runs use a larger DiT (remdm.md §3.4).
 """
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 from md4_jax.data import default_data_config
 
 

@@ -9,7 +9,7 @@ purpose: full D-CBG evaluates it on every candidate token (V = 31 sequences) of 
 drawn (md4_jax.guidance.cbg_guide). Its validation "bits per token" is the label's cross-entropy in bits.
 """
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 from md4_jax.data import default_data_config
 
 

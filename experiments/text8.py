@@ -6,7 +6,7 @@ Paper App. J: batch 512, lr 3e-4 with 2000 warmup steps, channel-wise dropout 0.
 EMA 0.9999. The text8 input embeds to head_dim first (md4 `outside_embed`).
 """
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 from md4_jax.data import default_data_config
 
 

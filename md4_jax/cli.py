@@ -3,7 +3,7 @@ molecules): absl flags plus an ml_collections config flag.
 
     python -m md4_jax.<binary> --workdir W [--config experiments/<name>.py[:arg]] [--config.a.b=v ...] [flags]
 
-The config is the experiment file given by --config, else the run's own WORKDIR/config.json (md4_jax.run_config):
+The config is the experiment file given by --config, else the run's own WORKDIR/config.json (md4_jax.training.run_config):
 a trained workdir needs no --config. `--config.a.b=v` overrides a field; a field the config lacks ends the program
 with one line naming it and the closest valid one (exit status 2). Where the workdir holds a config.json, the
 config used must describe the same model (checkpoint.fingerprint): otherwise one error names the differences.
@@ -17,9 +17,9 @@ from typing import Callable
 
 import ml_collections
 
-from md4_jax import config_base
-from md4_jax import distributed
-from md4_jax import run_config
+from md4_jax.training import config_base
+from md4_jax.training import distributed
+from md4_jax.training import run_config
 
 
 def flag_value(argv: list[str], name: str) -> tuple[str | None, list[str]]:

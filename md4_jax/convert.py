@@ -21,13 +21,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from md4_jax import checkpoint
-from md4_jax import config_base
+from md4_jax.training import checkpoint
+from md4_jax.training import config_base
 from md4_jax import data as data_lib
-from md4_jax import experiment as experiment_lib
+from md4_jax.training import experiment as experiment_lib
 from md4_jax import mdlm_weights
-from md4_jax import run_config
-from md4_jax import train_state
+from md4_jax.training import run_config
+from md4_jax.training import train_state
 
 SOURCES = ("mdlm",)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",

@@ -4,7 +4,7 @@
         [--step S] [--output FILE] [--config experiments/owt_small.py] [--config.key=value ...]
     python -m md4_jax.evaluate --workdir DIR --zero_shot --zero_shot_dir DIR
 
-The command line of md4_jax.evaluation (the library the training loop also uses); the run's config comes from
+The command line of md4_jax.evaluation.nelbo (the library the training loop also uses); the run's config comes from
 WORKDIR/config.json, or --config for a workdir written before it existed.
 
 Units as MD4 reports them (md4.md §2.8): bits per token = nats / (L ln 2), perplexity = exp(nats per token), an
@@ -22,12 +22,12 @@ import sys
 import jax
 import ml_collections
 
-from md4_jax import atomic
+from md4_jax.training import atomic
 from md4_jax import cli as cli_lib
 from md4_jax import data as data_lib
-from md4_jax import experiment as experiment_lib
+from md4_jax.training import experiment as experiment_lib
 from md4_jax import objectives
-from md4_jax.evaluation import (ZERO_SHOT_SETS, ZERO_SHOT_SUFFIXES, check_estimator, nelbo_stats,
+from md4_jax.evaluation.nelbo import (ZERO_SHOT_SETS, ZERO_SHOT_SUFFIXES, check_estimator, nelbo_stats,
                                 zero_shot)
 
 

@@ -27,12 +27,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from md4_jax import atomic
+from md4_jax.training import atomic
 from md4_jax import guidance
 from md4_jax import objectives
-from md4_jax import run_config
+from md4_jax.training import run_config
 from md4_jax import sampling
-from md4_jax import sharding as sharding_lib
+from md4_jax.training import sharding as sharding_lib
 from md4_jax import udlm
 from md4_jax.data import DataInfo
 
@@ -82,7 +82,7 @@ def load_denoiser(workdir: str, step: int | None = None) -> jax.tree_util.Partia
   Returns denoise_fn(z_t, t): z_t int32 [B, *S] (mask id V), t float32 [B] -> float32 log-probabilities over the
   V data tokens [B, *S, V], the exact function the samplers receive; parameters replicated over every device.
   """
-  from md4_jax import experiment  # pylint: disable=g-import-not-at-top  # (the loop's machinery: imported late)
+  from md4_jax.training import experiment  # pylint: disable=g-import-not-at-top  # (the loop's machinery: imported late)
   config = run_config.load(workdir)
   if config is None:
     raise ValueError(f"{run_config.path(workdir)} is missing: {workdir!r} is not a run written by "

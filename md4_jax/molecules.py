@@ -26,11 +26,11 @@ import ml_collections
 import numpy as np
 
 from md4_jax import cli
-from md4_jax import config_base
-from md4_jax import experiment as experiment_lib
+from md4_jax.training import config_base
+from md4_jax.training import experiment as experiment_lib
 from md4_jax import generate
 from md4_jax import objectives
-from md4_jax import run_config
+from md4_jax.training import run_config
 from md4_jax import sampling
 from md4_jax.data import qm9
 from md4_jax.data.interface import split_bounds

@@ -20,10 +20,10 @@ import numpy as np
 
 from md4_jax import cli
 from md4_jax import data as data_lib
-from md4_jax import experiment
+from md4_jax.training import experiment
 from md4_jax import generate
 from md4_jax import sampling
-from md4_jax import sharding as sharding_lib
+from md4_jax.training import sharding as sharding_lib
 from md4_jax.data import DataInfo
 
 MODEL_SAMPLER_FIELDS = ("schedule", "eps")  # describe the model, not the sampler: kept from the experiment

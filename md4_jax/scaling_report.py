@@ -10,7 +10,7 @@ posterior, Table 1's MDLM†), 'fb', 'dfm' (the corrector baselines) and the ReM
 'conf', 'loop' (sampling.default_config('remdm') with that strategy). `--config.sampler.*` overrides apply to all
 of them except num_steps (from --steps), name and strategy (from the method).
 
-Quality (md4_jax.quality, remdm.md §3.1): the mean per-sample token entropy (nats); with a scorer, Gen PPL
+Quality (md4_jax.evaluation.quality, remdm.md §3.1): the mean per-sample token entropy (nats); with a scorer, Gen PPL
 (token-weighted over all samples; ReMDM's EOS mask for GPT-2 data) and MAUVE against the 'data' row (num_samples
 validation examples, in order). Scorers: an 'ar' checkpoint of this codebase (--scorer_workdir; --scorer_config
 for a workdir without config.json; diffusion.objective='ar'; its numbers compare only with each other) or GPT-2
@@ -34,16 +34,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from md4_jax import atomic
+from md4_jax.training import atomic
 from md4_jax import cli
 from md4_jax import data as data_lib
-from md4_jax import experiment
+from md4_jax.training import experiment
 from md4_jax import generate
-from md4_jax import quality
-from md4_jax import run_config
+from md4_jax.evaluation import quality
+from md4_jax.training import run_config
 from md4_jax import sample_lib
 from md4_jax import sampling
-from md4_jax import sharding as sharding_lib
+from md4_jax.training import sharding as sharding_lib
 from md4_jax.data import gpt2_tokenizer
 
 REMDM_STRATEGIES = ("cap", "rescale", "conf", "loop")

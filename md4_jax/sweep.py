@@ -1,4 +1,4 @@
-"""Runs an experiment's sweep (its `get_sweep()`, see md4_jax.sweep_spec) and writes one report.
+"""Runs an experiment's sweep (its `get_sweep()`, see md4_jax.sweeps.sweep_spec) and writes one report.
 
     python -m md4_jax.sweep --config experiments/kjv_tiny.py --workdir ROOT [--config.k=v ...] \\
         [--parallel K] [--only REGEX] [--list] [--report_only] [--sample_quality 'num_steps=16;num_steps=64']
@@ -32,10 +32,10 @@ import sys
 import time
 import warnings
 
-from md4_jax import atomic
-from md4_jax import sweep_report
-from md4_jax import sweep_spec
-from md4_jax.metrics import fmt_duration
+from md4_jax.training import atomic
+from md4_jax.sweeps import sweep_report
+from md4_jax.sweeps import sweep_spec
+from md4_jax.training.metrics import fmt_duration
 
 _POLL_S = 0.5
 _LOG_TAIL = 20
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
       print("sweep interrupted; rerun the same command to resume", file=sys.stderr, flush=True)
       return 3
   if args.sample_quality is not None:
-    from md4_jax import sweep_quality  # pylint: disable=g-import-not-at-top
+    from md4_jax.sweeps import sweep_quality  # pylint: disable=g-import-not-at-top
     scorer = ["--scorer_config", args.scorer_config, "--scorer_workdir", args.scorer_workdir] if (
         args.scorer_config) else []
     sweep_quality.run_all(args.config, root, chosen, common, args.sample_quality, args.quality_samples,

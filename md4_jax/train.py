@@ -30,20 +30,20 @@ import numpy as np
 import optax
 from flax import nnx
 
-from md4_jax import checkpoint
+from md4_jax.training import checkpoint
 from md4_jax import data as data_lib
 from md4_jax import cli
-from md4_jax import evaluation
-from md4_jax import experiment as experiment_lib
-from md4_jax import metrics as metrics_lib
-from md4_jax import optim
+from md4_jax.evaluation import nelbo as evaluation
+from md4_jax.training import experiment as experiment_lib
+from md4_jax.training import metrics as metrics_lib
+from md4_jax.training import optim
 from md4_jax import generate
-from md4_jax import preflight
-from md4_jax import run_config
-from md4_jax import sharding
-from md4_jax import stderr_filter
-from md4_jax import train_state as train_state_lib
-from md4_jax import workdir_lock
+from md4_jax.training import preflight
+from md4_jax.training import run_config
+from md4_jax.training import sharding
+from md4_jax.training import stderr_filter
+from md4_jax.training import train_state as train_state_lib
+from md4_jax.training import workdir_lock
 from md4_jax.diffusion import bits_per_token
 
 

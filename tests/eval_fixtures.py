@@ -1,8 +1,8 @@
 """Checkpoints for evaluation tests: an untrained model saved as step 0, so its outputs are known exactly."""
 
-from md4_jax import checkpoint
+from md4_jax.training import checkpoint
 from md4_jax import data as data_lib
-from md4_jax import experiment as experiment_lib
+from md4_jax.training import experiment as experiment_lib
 from train_configs import tiny_config
 
 

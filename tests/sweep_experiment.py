@@ -3,7 +3,7 @@
     PYTHONPATH=.:tests python -m md4_jax.sweep --config tests/sweep_experiment.py --workdir DIR
 """
 
-from md4_jax import sweep_spec
+from md4_jax.sweeps import sweep_spec
 from train_configs import tiny_config
 
 

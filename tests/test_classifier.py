@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from md4_jax import generate, molecules, sharding, train
+from md4_jax import generate, molecules, train
+from md4_jax.training import sharding
 from md4_jax.model import DiffusionConfig, DiffusionModel
 from md4_jax.schedules import make_schedule
 from train_configs import load_experiment

@@ -1,4 +1,4 @@
-"""The one command-line convention (md4_jax.cli) and self-describing workdirs (md4_jax.run_config): a trained
+"""The one command-line convention (md4_jax.cli) and self-describing workdirs (md4_jax.training.run_config): a trained
 workdir is sampled, evaluated and resumed with --workdir alone; a contradicting config is refused with the
 difference; an unknown config key ends every binary with one line naming it and the closest valid one."""
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import (evaluate, experiment, generate, molecules, run_config, sample_ancestral, sample_remdm,
-                     scaling_report, train)
+from md4_jax import evaluate, generate, molecules, sample_ancestral, sample_remdm, scaling_report, train
+from md4_jax.training import experiment, run_config
 from test_sample_binaries import TINY
 from train_configs import tiny_config
 

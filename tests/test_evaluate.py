@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from md4_jax import data as data_lib
-from md4_jax import evaluate, evaluation, experiment, train
+from md4_jax import evaluate, train
+from md4_jax.evaluation import nelbo as evaluation
+from md4_jax.training import experiment
 from eval_fixtures import ar_config, save_initial_checkpoint
 from train_configs import ROOT, tiny_config
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from md4_jax import data as data_lib
-from md4_jax import experiment as experiment_lib
+from md4_jax.training import experiment as experiment_lib
 from md4_jax import train
 from md4_jax.model import make_model
 from md4_jax.nn import SIZES

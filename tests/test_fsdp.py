@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import checkpoint, experiment, sharding, train
+from md4_jax.training import checkpoint, experiment, sharding
+from md4_jax import train
 from md4_jax.nn import axes
 from md4_jax.nn.layers import partitioned
 from train_configs import tiny_config

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import config_base, generate, sampling, sharding
+from md4_jax.training import config_base, sharding
+from md4_jax import generate, sampling
 from md4_jax.data import DataInfo
 from md4_jax.model import make_model
 from test_head_at_drawn import _config as _sampler  # sampling.default_config(name), T = 16, fields set

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import config_base, generate, guidance, objectives, sampling
+from md4_jax.training import config_base
+from md4_jax import generate, guidance, objectives, sampling
 from md4_jax.data import DataInfo
 from md4_jax.model import make_model
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import convert, experiment, run_config
+from md4_jax import convert
+from md4_jax.training import experiment, run_config
 from md4_jax.nn import mdlm_dit
 import mdlm_reference
 

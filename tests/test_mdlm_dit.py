@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import checkpoint, experiment, train
+from md4_jax.training import checkpoint, experiment
+from md4_jax import train
 from md4_jax.model import make_model
 from md4_jax.nn import axes, make_network
 from md4_jax.nn.mdlm_dit import MDLM_DIT_SIZES, MDLMDiT, MDLMDiTConfig, NEG_INF

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from md4_jax import config_base, molecules, sampling
+from md4_jax.training import config_base
+from md4_jax import molecules, sampling
 from md4_jax.data import DataInfo
 from md4_jax.model import make_model
 

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from md4_jax import checkpoint, experiment, train
+from md4_jax.training import checkpoint, experiment
+from md4_jax import train
 from train_configs import ROOT, tiny_config
 
 NUM_STEPS = 12
@@ -171,7 +172,7 @@ def test_checkpoints_move_between_one_and_two_processes_and_sigterm_stops_both(r
 def test_multihost_flag_lets_jax_detect_a_slurm_step():
   """--multihost's distributed.initialize(True) with SLURM's variables (as srun sets them) and no JAX_* ones."""
   from launch import local  # pylint: disable=g-import-not-at-top
-  code = ("from md4_jax import distributed\ndistributed.initialize(True)\nimport jax\n"
+  code = ("from md4_jax.training import distributed\ndistributed.initialize(True)\nimport jax\n"
           "print(jax.process_index(), jax.process_count(), jax.device_count())")
   base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
   port = str(local.free_port())
@@ -191,7 +192,7 @@ def test_multihost_flag_lets_jax_detect_a_slurm_step():
 
 
 def test_library_benchmarks_and_chars_data_import_without_the_data_stack(blocker):
-  code = ("import md4_jax.train, md4_jax.sampling, md4_jax.evaluate, md4_jax.experiment\n"
+  code = ("import md4_jax.train, md4_jax.sampling, md4_jax.evaluate, md4_jax.training.experiment\n"
           "from md4_jax import data\n"
           "config = data.default_data_config('chars')\n"
           "config.seq_len = 32\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import fid, quality
+from md4_jax.evaluation import fid, quality
 from md4_jax.nn import Transformer, TransformerConfig
 from eval_fixtures import ar_config, save_initial_checkpoint
 from train_configs import tiny_config

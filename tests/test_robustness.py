@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from md4_jax import checkpoint, evaluate, experiment, metrics, train, workdir_lock
+from md4_jax.training import checkpoint, experiment, metrics, workdir_lock
+from md4_jax import evaluate, train
 from train_configs import ROOT, tiny_config
 from test_train import checkpoint_steps, saved_state
 
@@ -44,7 +45,7 @@ def _finish(proc, timeout):
 
 def _hold_lock(workdir):
   """A real process holding the lock of `workdir` until killed; returns it once the lock is taken."""
-  code = ("import sys, time; from md4_jax.workdir_lock import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
+  code = ("import sys, time; from md4_jax.training.workdir_lock import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
           "print('held', flush=True); time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                           text=True)
@@ -172,7 +173,7 @@ def test_stderr_filter_drops_only_the_closed_event_loop_tracebacks():
   kept = ["step 1/8", "Traceback (most recent call last):", '  File "train.py", line 1, in <module>',
           "ValueError: a real error", "error: the last line"]
   interleaved = noise[:3] + noise[:2] + [kept[0]] + noise[3:] + kept[1:3] + noise[2:] + kept[3:]  # two threads
-  code = ("import sys; from md4_jax import stderr_filter; f = stderr_filter.ClosedLoopFilter(); "
+  code = ("import sys; from md4_jax.training import stderr_filter; f = stderr_filter.ClosedLoopFilter(); "
           f"print({chr(10).join(interleaved)!r}, file=sys.stderr); f.close()")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
   assert result.stderr.splitlines() == kept

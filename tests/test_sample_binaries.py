@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from md4_jax import checkpoint, config_base, experiment, generate, sample_ancestral, sample_lib, sample_remdm, sampling, train_state
+from md4_jax.training import checkpoint, config_base, experiment, train_state
+from md4_jax import generate, sample_ancestral, sample_lib, sample_remdm, sampling
 from md4_jax.data import dataset_info, default_data_config
 from md4_jax.data import text_corpus
 from md4_jax.model import make_model

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import experiment, quality, sampling, scaling_report
+from md4_jax.training import experiment
+from md4_jax.evaluation import quality
+from md4_jax import sampling, scaling_report
 from test_sample_binaries import TINY, cached_checkpoint, resolve_config
 from train_configs import ROOT, tiny_config
 

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from md4_jax import sweep, sweep_report, sweep_spec
+from md4_jax import sweep
+from md4_jax.sweeps import sweep_report, sweep_spec
 from train_configs import ROOT
 
 SWEEP_EXPERIMENT = os.path.join(ROOT, "tests", "sweep_experiment.py")
@@ -36,7 +37,7 @@ def _experiment(tmp_path, sweep_body: str, name: str = "exp.py") -> str:
   """An experiment file: tests/sweep_experiment.py's config with get_sweep() returning `sweep_body`."""
   path = tmp_path / name
   path.write_text(textwrap.dedent(f"""
-      from md4_jax import sweep_spec
+      from md4_jax.sweeps import sweep_spec
       from train_configs import tiny_config
 
       def get_config():

@@ -16,8 +16,9 @@ import pytest
 from flax import nnx
 
 from md4_jax import data as data_lib
-from md4_jax import checkpoint, experiment, optim, train
-from md4_jax import train_state as train_state_lib
+from md4_jax.training import checkpoint, experiment, optim
+from md4_jax import train
+from md4_jax.training import train_state as train_state_lib
 from md4_jax.model import make_model
 from block_layout import stack_blocks
 from train_configs import ROOT, tiny_config

@@ -2,7 +2,7 @@
 
 import os
 
-from md4_jax import config_base
+from md4_jax.training import config_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import time
 
 import jax
 
-from md4_jax import atomic
+from md4_jax.training import atomic
 
 
 def fmt_duration(seconds: float) -> str:

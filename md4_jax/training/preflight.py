@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from md4_jax import data as data_lib
-from md4_jax import experiment as experiment_lib
+from md4_jax.training import experiment as experiment_lib
 from md4_jax import generate
 from md4_jax import objectives
 from md4_jax import sampling

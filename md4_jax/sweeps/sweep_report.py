@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from md4_jax import atomic
-from md4_jax.sweep_spec import RESERVED, Member
+from md4_jax.training import atomic
+from md4_jax.sweeps.sweep_spec import RESERVED, Member
 
 EVAL_KEY = "eval/bits_per_token"
 STDERR_KEY = "eval/bits_per_token_stderr"

@@ -150,7 +150,7 @@ def check(config: ml_collections.ConfigDict, data_checked: set) -> None:
   fails here), with nothing compiled. `data_checked` skips data already opened."""
   import jax  # pylint: disable=g-import-not-at-top
   from md4_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from md4_jax import experiment  # pylint: disable=g-import-not-at-top
+  from md4_jax.training import experiment  # pylint: disable=g-import-not-at-top
   from md4_jax import train  # pylint: disable=g-import-not-at-top
   exp = experiment.build(config)
   with jax.set_mesh(exp.mesh):

@@ -4,11 +4,11 @@ SPECS: ';'-separated sampler settings, each a ','-separated list of config.sampl
 grid=cosine`; '' = the experiment's own sampler). For each finished member and setting, N samples are drawn from
 its final EMA parameters (class-conditional data: the N split evenly over the classes) and measured:
 
-  entropy  the mean per-sample token entropy (nats; md4_jax.quality)
-  fid      images: the random-feature FID (md4_jax.fid) against N examples of the training split
+  entropy  the mean per-sample token entropy (nats; md4_jax.evaluation.quality)
+  fid      images: the random-feature FID (md4_jax.evaluation.fid) against N examples of the training split
   gen_ppl  text, with --scorer_config / --scorer_workdir (an in-repo 'ar' checkpoint): generative perplexity
 
-Each member is measured in its own process (`python -m md4_jax.sweep_quality`, on the members' accelerator) and
+Each member is measured in its own process (`python -m md4_jax.sweeps.sweep_quality`, on the members' accelerator) and
 the numbers are kept in ROOT/_sweep/<name>.quality.json, as columns `<metric>[<setting>]`; a member already
 measured at the same checkpoint step with the same settings is not sampled again.
 """
@@ -23,9 +23,9 @@ import sys
 
 import numpy as np
 
-from md4_jax import atomic
-from md4_jax import sweep_report
-from md4_jax import sweep_spec
+from md4_jax.training import atomic
+from md4_jax.sweeps import sweep_report
+from md4_jax.sweeps import sweep_spec
 
 
 def parse_specs(text: str) -> list[list[str]]:
@@ -47,8 +47,9 @@ def measure(config_path: str, workdir: str, flag_args: list[str], specs: list[li
   """{'step': checkpoint step, 'metrics': {'<metric>[<setting>]': value}} of the latest checkpoint in `workdir`."""
   import jax  # pylint: disable=g-import-not-at-top
   from md4_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from md4_jax import experiment  # pylint: disable=g-import-not-at-top
-  from md4_jax import fid, generate, quality, sample_lib  # pylint: disable=g-import-not-at-top
+  from md4_jax.training import experiment  # pylint: disable=g-import-not-at-top
+  from md4_jax.evaluation import fid, quality  # pylint: disable=g-import-not-at-top
+  from md4_jax import generate, sample_lib
   configs = [sweep_spec.resolve(config_path, flag_args + [f"--config.sampler.{p}" for p in spec] +
                                 ["--config.mesh.data=-1", "--config.mesh.fsdp=1"]) for spec in specs]
   restored = experiment.restore_ema(configs[0], workdir)
@@ -95,7 +96,7 @@ def run_all(config_path: str, root: str, members: list[sweep_spec.Member], commo
     except (FileNotFoundError, json.JSONDecodeError):
       pass
     print(f"[sweep quality] {m.name}: sampling {num_samples} x {len(specs)} setting(s)", flush=True)
-    command = [sys.executable, "-m", "md4_jax.sweep_quality", "--config", config_path, "--workdir", workdir,
+    command = [sys.executable, "-m", "md4_jax.sweeps.sweep_quality", "--config", config_path, "--workdir", workdir,
                "--specs", specs_text, "--num_samples", str(num_samples), "--output", path, *scorer_args,
                *m.flag_args(common)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -105,7 +106,7 @@ def run_all(config_path: str, root: str, members: list[sweep_spec.Member], commo
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m md4_jax.sweep_quality", description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m md4_jax.sweeps.sweep_quality", description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--specs", required=True)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = parse_specs(args.specs)
     scorer = None
     if args.scorer_config:
-      from md4_jax import quality  # pylint: disable=g-import-not-at-top
+      from md4_jax.evaluation import quality  # pylint: disable=g-import-not-at-top
       scorer = quality.load_scorer(ar_config=sweep_spec.resolve(args.scorer_config, []),
                                    ar_workdir=args.scorer_workdir)
     result = measure(args.config, args.workdir, flag_args, specs, args.num_samples, scorer)

@@ -17,12 +17,12 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from md4_jax import checkpoint
+from md4_jax.training import checkpoint
 from md4_jax import data as data_lib
 from md4_jax import objectives
-from md4_jax import optim
-from md4_jax import sharding
-from md4_jax import train_state as train_state_lib
+from md4_jax.training import optim
+from md4_jax.training import sharding
+from md4_jax.training import train_state as train_state_lib
 from md4_jax.data import DataInfo
 from md4_jax.model import make_model
 

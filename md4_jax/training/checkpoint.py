@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from md4_jax import optim
+from md4_jax.training import optim
 
 ITEMS = ("state", "data", "meta")
 DAMAGED_DIR = "damaged_checkpoints"  # WORKDIR/damaged_checkpoints/<step>-<UTC time>: damaged steps set aside

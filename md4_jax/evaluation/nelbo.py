@@ -23,9 +23,9 @@ from jax.experimental import multihost_utils
 
 from md4_jax import data as data_lib
 from md4_jax import diffusion
-from md4_jax import experiment as experiment_lib
+from md4_jax.training import experiment as experiment_lib
 from md4_jax import objectives
-from md4_jax import sharding
+from md4_jax.training import sharding
 from md4_jax.data import gpt2_tokenizer
 
 ZERO_SHOT_SETS = ("lambada", "wikitext2", "ptb", "wikitext103", "lm1b")

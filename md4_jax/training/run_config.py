@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from md4_jax import atomic
+from md4_jax.training import atomic
 
 FILENAME = "config.json"
 
@@ -41,7 +41,7 @@ def load(workdir: str) -> ml_collections.ConfigDict | None:
 def check(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, workdir: str) -> None:
   """ValueError listing the differences if `config` describes another model (checkpoint.fingerprint) than the
   config `saved` in `workdir`."""
-  from md4_jax import checkpoint  # pylint: disable=g-import-not-at-top  # (Orbax: only where it is compared)
+  from md4_jax.training import checkpoint  # pylint: disable=g-import-not-at-top  # (Orbax: only where it is compared)
   as_json = lambda config: json.loads(json.dumps(checkpoint.fingerprint(config)))  # tuples read back as lists
   diffs = checkpoint.differences(as_json(saved), as_json(config))
   if diffs:

@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from md4_jax import experiment as experiment_lib
-from md4_jax import sharding
+from md4_jax.training import experiment as experiment_lib
+from md4_jax.training import sharding
 from md4_jax.data import gpt2_tokenizer
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]    # tokens int [B, L] -> log p(x_n | x_<n) [B, L]
