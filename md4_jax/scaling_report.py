@@ -183,10 +183,7 @@ def plot(rows: list[dict], path: str, title: str) -> bool:
     ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=120)
-  plt.close(fig)
-  atomic.write(path, png.getvalue())
+  atomic.write_figure(path, fig)
   return True
 
 

@@ -175,10 +175,7 @@ def plot(groups: list[dict], path: str, title: str) -> bool:
   ax.set_title(title)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=120)
-  plt.close(fig)
-  atomic.write(path, buffer.getvalue())
+  atomic.write_figure(path, fig)
   return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 
@@ -13,3 +14,12 @@ def write(path: str, data: str | bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(temp, path)
+
+
+def write_figure(path: str, fig) -> None:
+  """Saves the matplotlib figure `fig` as a PNG at `path` (atomically) and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
+  plt.close(fig)
+  write(path, buffer.getvalue())
