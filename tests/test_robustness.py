@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from md4_jax.training import checkpoint, experiment, metrics, workdir_lock
-from md4_jax import evaluate, train
+from md4_jax import train
+from md4_jax.evaluation import nelbo
 from train_configs import ROOT, tiny_config
 from test_train import checkpoint_steps, saved_state
 
@@ -280,7 +281,7 @@ def test_bad_inputs_met_after_step_1_fail_before_it(tmp_path, monkeypatch, overr
 def test_due_checkpoint_is_saved_before_evaluation(tmp_path, monkeypatch):
   def failing(*args, **kwargs):
     raise OSError("evaluation failed")
-  monkeypatch.setattr(evaluate, "evaluate", failing)
+  monkeypatch.setattr(nelbo, "evaluate", failing)
   with pytest.raises(OSError, match="evaluation failed"):
     train.train_and_evaluate(tiny_config(num_steps=8, **{"train.eval_every": 4}), str(tmp_path))
   assert checkpoint_steps(str(tmp_path)) == [4]  # the work up to the failing step is kept

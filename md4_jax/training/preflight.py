@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from md4_jax import data as data_lib
@@ -58,16 +57,16 @@ def check_sampling(exp: experiment_lib.Experiment) -> None:
     return  # generate.training_samples writes nothing for these
   objective.check_samplable(config.sampler.name)
   sampling.validate_config(config.sampler)
-  z_init = jnp.full((config.train.num_samples,) + tuple(exp.info.data_shape), exp.info.vocab_size, jnp.int32)
+  z_init = jax.ShapeDtypeStruct((config.train.num_samples,) + tuple(exp.info.data_shape), np.int32)
 
-  def draw(params):  # one batch of generate.generate, traced
+  def draw(params, z_init):  # one batch of generate.generate, traced (z_init abstract: no value checks run)
     functions = generate.sampler_functions(exp.graphdef, params, objective, None, generate.Guide(), None)
     if objective.sampler == objectives.UNIFORM:
       return udlm.sample(functions["denoise_fn"], jax.random.key(0), z_init, config.sampler)
     keys = jax.random.split(jax.random.key(0), z_init.shape[0])
     return sampling.sample(key=keys, z_init=z_init, config=config.sampler, **functions)
 
-  tokens = jax.eval_shape(draw, exp.abstract_state.ema_params)
+  tokens = jax.eval_shape(draw, exp.abstract_state.ema_params, z_init)
   exp.info.decode(np.zeros(tokens.shape, np.int32))
 
 
