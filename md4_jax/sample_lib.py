@@ -98,11 +98,6 @@ def z_init_from_prompts(prompts: list[np.ndarray] | None, info: DataInfo, num_sa
   return rows.reshape((num_samples,) + tuple(info.data_shape))
 
 
-def sampler_tag(sampler_config: ml_collections.ConfigDict) -> str:
-  """'ancestral', 'remdm-loop', ... for file names and tables."""
-  return f"remdm-{sampler_config.remdm.strategy}" if sampler_config.name == "remdm" else sampler_config.name
-
-
 def define_flags(flag_values) -> None:
   """The flags of the sampling binaries besides --workdir and --config."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -140,7 +135,7 @@ def _sample(f, config: ml_collections.ConfigDict) -> None:
     import PIL  # pylint: disable=g-import-not-at-top,unused-import  # fail before sampling, not after
   batch_size = generate.auto_batch_size(f.batch_size, f.num_samples, sharding_lib.make_mesh(config.mesh).size)
   restored = experiment.restore_ema(config, f.workdir, f.step)
-  tag = sampler_tag(config.sampler)
+  tag = f"remdm-{config.sampler.remdm.strategy}" if config.sampler.name == "remdm" else config.sampler.name
   base = f.output or os.path.join(f.workdir, "samples", f"{tag}_step{restored.step}_seed{f.seed}")
   tokens, stats = generate.generate(restored.exp.graphdef, restored.params, config.sampler, z_init,
                                     generate.seed_key(f.seed), mesh=restored.exp.mesh, batch_size=batch_size,
