@@ -35,6 +35,12 @@ def flag_value(argv: list[str], name: str) -> tuple[str | None, list[str]]:
   return value, rest
 
 
+def usage_error(message: str) -> int:
+  """Prints 'usage error: <message>' to stderr; returns 2, the exit status of a usage error."""
+  print(f"usage error: {message}", file=sys.stderr, flush=True)
+  return 2
+
+
 def _paths(tree: dict, prefix: str = "") -> list[str]:
   out = []
   for key, value in tree.items():
@@ -94,23 +100,19 @@ def parse(argv: list[str], doc: str, define: Callable, *, prepare: Callable = la
                        "md4_jax.train has started it)")
     config = prepare(config)
   except ValueError as error:
-    print(f"usage error: {error}", file=sys.stderr, flush=True)
-    return 2
+    return usage_error(str(error))
   problem = unknown_override(config, argv)
   if problem:
-    print(f"usage error: {problem}", file=sys.stderr, flush=True)
-    return 2
+    return usage_error(problem)
   flag_values = make_flags(config, args)
   try:
     rest = flag_values(args)
   except flags.Error as error:
-    print(f"usage error: {error} (see --help)", file=sys.stderr, flush=True)
-    return 2
+    return usage_error(f"{error} (see --help)")
   missing = need_workdir and flag_values.workdir is None
   if missing or len(rest) > 1:
     problem = "missing --workdir" if missing else f"unexpected arguments {rest[1:]}"
-    print(f"usage error: {problem} (see --help)", file=sys.stderr, flush=True)
-    return 2
+    return usage_error(f"{problem} (see --help)")
   if saved is not None:
     try:
       run_config.check(saved, flag_values.config, workdir)

@@ -4,13 +4,9 @@
         [--step S] [--output FILE] [--config experiments/owt_small.py] [--config.key=value ...]
     python -m md4_jax.evaluate --workdir DIR --zero_shot --zero_shot_dir DIR
 
-The command line of md4_jax.evaluation.nelbo (the library the training loop also uses); the run's config comes from
+The command line of md4_jax.evaluation.nelbo (the library the training loop also uses; its docstring gives the
+units, the K Monte Carlo draws, the batches read and the zero-shot sets); the run's config comes from
 WORKDIR/config.json, or --config for a workdir written before it existed.
-
-Units as MD4 reports them (md4.md §2.8): bits per token = nats / (L ln 2), perplexity = exp(nats per token), an
-upper bound for MD4 / GenMD4 (an ELBO) and exact for 'ar' models. Each example gets K independent (t, mask) draws,
-averaged before the mean over the split. The split is read in config.train.eval_batch_size batches, the first
-config.train.eval_batches of them (-1 = all). Zero-shot: the five sets of the SEDD protocol (md4.md §5.3).
 """
 
 from __future__ import annotations

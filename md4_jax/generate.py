@@ -71,11 +71,6 @@ def factored_denoiser(graphdef, params, cond: jax.Array | None = None):
   return jax.tree_util.Partial(features, params, cond), jax.tree_util.Partial(head, params)
 
 
-def classifier(graphdef, params) -> jax.tree_util.Partial:
-  """A 'classifier' model's log p(y | z_t, t) [B, C] as a function of (z_t [B, L], t [B])."""
-  return jax.tree_util.Partial(_model_fns(graphdef)[3], params)
-
-
 def load_denoiser(workdir: str, step: int | None = None) -> jax.tree_util.Partial:
   """The EMA denoiser of checkpoint `step` (None: the latest) of the run in `workdir` (its config.json).
 
@@ -118,13 +113,15 @@ def sampler_functions(graphdef, params, objective: objectives.Objective, cond: j
   """The keyword arguments of the sampler call besides key, z_init and config: denoise_fn, and where they apply
   head_fn (the head at drawn positions), guide (D-CBG rows) and genmd4_w."""
   w = nnx.merge(graphdef, params).genmd4_w
+  if guide.kind == "cbg":  # the classifier's log p(y | z_t, t) [B, C] as a function of (z_t [B, L], t [B])
+    classify = jax.tree_util.Partial(_model_fns(guide.classifier[0])[3], guide.classifier[1])
   if guide.kind == "cfg" and guide.gamma != 1:  # gamma = 1 is the conditional model itself: one call per step
     cfg = guidance.cfg_denoiser(denoiser(graphdef, params, cond), denoiser(graphdef, params), guide.gamma)
     return {"denoise_fn": cfg, "genmd4_w": w}
   if guide.kind == "cbg" and w is not None:  # the sampler's D-CBG rows do not combine with genmd4_w
-    cbg = guidance.cbg_denoiser(denoiser(graphdef, params), classifier(*guide.classifier), label, guide.gamma)
+    cbg = guidance.cbg_denoiser(denoiser(graphdef, params), classify, label, guide.gamma)
     return {"denoise_fn": cbg, "genmd4_w": w}
-  out = {"guide": guidance.cbg_guide(classifier(*guide.classifier), label, guide.gamma)} if guide.kind == "cbg" else {}
+  out = {"guide": guidance.cbg_guide(classify, label, guide.gamma)} if guide.kind == "cbg" else {}
   factored = factored_denoiser(graphdef, params, cond) if objective.head_at_drawn else None
   if factored:
     return {**out, "denoise_fn": factored[0], "head_fn": factored[1]}
@@ -228,19 +225,15 @@ def image_grid(images: np.ndarray, min_size: int = 32) -> np.ndarray:
   return grid
 
 
-def output_paths(base: str, info: DataInfo) -> list[str]:
-  """Files `write_samples` writes: base.txt + base.jsonl (text) or base.png + base.jsonl (images)."""
-  return [base + (".txt" if len(info.data_shape) == 1 else ".png"), base + ".jsonl"]
-
-
 def write_samples(base: str, tokens: np.ndarray, info: DataInfo) -> list[str]:
-  """Writes samples int [N, *data_shape] (see `output_paths`), each file atomically; returns the paths.
+  """Writes samples int [N, *data_shape] to base.txt + base.jsonl (text) or base.png + base.jsonl (images), each
+  file atomically; returns the paths.
 
   Text: one decoded sample per line (a newline inside a sample is written as \\n; the .jsonl holds the exact
   text); images: a PNG grid (pillow). base.jsonl: {"index", "tokens" (nested as data_shape), "text"?} per sample,
   written last, so a complete .jsonl means a complete pair.
   """
-  paths = output_paths(base, info)
+  paths = [base + (".txt" if len(info.data_shape) == 1 else ".png"), base + ".jsonl"]
   os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
   decoded = info.decode(tokens)
   texts = None
@@ -254,13 +247,9 @@ def write_samples(base: str, tokens: np.ndarray, info: DataInfo) -> list[str]:
     png = io.BytesIO()
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(png, format="PNG")
     atomic.write(paths[0], png.getvalue())
-  records = []
-  for i, row in enumerate(np.asarray(tokens)):
-    record = {"index": i, "tokens": row.tolist()}
-    if texts is not None:
-      record["text"] = texts[i]
-    records.append(json.dumps(record) + "\n")
-  atomic.write(paths[1], "".join(records))
+  atomic.write(paths[1], "".join(
+      json.dumps({"index": i, "tokens": row.tolist(), **({} if texts is None else {"text": texts[i]})}) + "\n"
+      for i, row in enumerate(np.asarray(tokens))))
   return paths
 
 

@@ -22,7 +22,6 @@ from md4_jax.nn import SIZES, make_network
 from md4_jax.schedules import MaskingSchedule, make_schedule
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """The `config.diffusion` group as a typed value."""
@@ -38,10 +37,6 @@ class DiffusionConfig:
     if objectives.get(self.objective).uses_schedule_exponents and not self.cont_time:
       raise ValueError("diffusion.objective='genmd4' needs diffusion.cont_time=True")
     make_schedule(self.schedule, self.eps)
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> DiffusionConfig:
-    return cls(**config.to_dict())
 
   @property
   def masking_schedule(self) -> MaskingSchedule:
@@ -167,6 +162,5 @@ def make_model(config: ml_collections.ConfigDict, info, seed: int) -> DiffusionM
     raise ValueError(f"model.kind='mdlm_dit' (SUBS: unmasked tokens carried over) needs a masked-diffusion "
                      f"objective, 'md4' or 'genmd4'; got diffusion.objective={config.diffusion.objective!r}")
   network = make_network(config.model.kind, kwargs, rngs=rngs)
-  vocab_size = info.vocab_size
-  return DiffusionModel(network, DiffusionConfig.from_config(config.diffusion), vocab_size, rngs=rngs,
+  return DiffusionModel(network, DiffusionConfig(**config.diffusion.to_dict()), info.vocab_size, rngs=rngs,
                         num_classes=info.num_classes, label_dropout=config.model.get("label_dropout", 0.0))

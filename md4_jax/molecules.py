@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from md4_jax import cli
+from md4_jax.training import atomic
 from md4_jax.training import config_base
 from md4_jax.training import experiment as experiment_lib
 from md4_jax import generate
@@ -117,8 +118,7 @@ def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
   lines = ['| ' + ' | '.join(FIELDS) + ' |', '|' + '---|' * len(FIELDS)]
   lines += ['| ' + ' | '.join(f'{r[k]:.3f}' if isinstance(r[k], float) else str(r[k]) for k in FIELDS) + ' |'
             for r in rows]
-  with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  atomic.write(os.path.join(out_dir, 'results.md'), '\n'.join(lines) + '\n')
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -134,8 +134,7 @@ def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
   ax.set_ylabel(f'mean {prop} over novel')
   ax.legend(fontsize=6)
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'frontier.png'), dpi=120)
-  plt.close(fig)
+  atomic.write_figure(os.path.join(out_dir, 'frontier.png'), fig)
 
 
 def _guides(exp, names: list[str], gammas: list[float], classifier) -> list[generate.Guide]:
@@ -190,22 +189,17 @@ def main(argv: list[str]) -> int:
   return cli.run(argv, __doc__, define_flags, lambda args, base: _evaluate(args, base, config_path), need_workdir=False)
 
 
-def _usage(message: str) -> int:
-  print(f'usage error: {message}', file=sys.stderr)
-  return 2
-
-
 def _evaluate(args, base: ml_collections.ConfigDict, config_path: str | None) -> int | None:
   """Every (model, sampler, guidance, gamma, T, seed) row of the module docstring, written as it is measured;
   2 for a usage error."""
   names = args.guidance
   for name in names:
     if name not in GUIDANCE:
-      return _usage(f'unknown --guidance {name!r}; valid: {", ".join(GUIDANCE)}')
+      return cli.usage_error(f'unknown --guidance {name!r}; valid: {", ".join(GUIDANCE)}')
   if 'cbg' in names and not args.classifier:
-    return _usage('--guidance cbg needs --classifier WORKDIR (a run of experiments/qm9_classifier.py)')
+    return cli.usage_error('--guidance cbg needs --classifier WORKDIR (a run of experiments/qm9_classifier.py)')
   if not args.workdirs or not args.out:
-    return _usage('give --workdirs and --out')
+    return cli.usage_error('give --workdirs and --out')
   base = base.copy_and_resolve_references()
   if args.label:
     base.data.label = args.label

@@ -4,7 +4,7 @@ Samples are drawn by md4_jax.generate.
     config = prepare(run_config.load(workdir), sampler="remdm")   # the binary's default sampler, all devices
     z_init = z_init_from_prompts(read_prefixes("prompts.txt", info), info, num_samples=16)
 
-The two binaries differ only in the sampler they start from (`default_sampler`); command-line overrides
+The two binaries differ only in the sampler they start from (`prepare`); command-line overrides
 (`--config.sampler.num_steps=...`) apply on top of it.
 """
 
@@ -26,27 +26,18 @@ from md4_jax import sampling
 from md4_jax.training import sharding as sharding_lib
 from md4_jax.data import DataInfo
 
-MODEL_SAMPLER_FIELDS = ("schedule", "eps")  # describe the model, not the sampler: kept from the experiment
-
-
-def default_sampler(experiment_sampler: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """The sampler config a binary whose default sampler is `name` starts from, before command-line overrides.
-
-  The experiment's own `config.sampler` when it already is sampler `name` (its tuned T, grid, top-p); otherwise
-  `sampling.default_config(name)` with the experiment's schedule and eps.
-  """
-  if experiment_sampler.name == name:
-    return experiment_sampler
-  config = sampling.default_config(name)
-  for field in MODEL_SAMPLER_FIELDS:
-    config[field] = experiment_sampler[field]
-  return config
-
-
 def prepare(config: ml_collections.ConfigDict, sampler: str) -> ml_collections.ConfigDict:
-  """`config` set up for sampling: the sampler becomes `default_sampler(config.sampler, sampler)` and the mesh
-  spreads the batch over every present device (mesh.data = -1, mesh.fsdp = 1: parameters replicated)."""
-  config.sampler = default_sampler(config.sampler, sampler)
+  """`config` set up for a binary whose default sampler is `sampler`, before command-line overrides.
+
+  The sampler stays the experiment's own `config.sampler` when it already is sampler `sampler` (its tuned T, grid,
+  top-p); otherwise it becomes `sampling.default_config(sampler)` with the experiment's schedule and eps (they
+  describe the model, not the sampler). The mesh spreads the batch over every present device (mesh.data = -1,
+  mesh.fsdp = 1: parameters replicated).
+  """
+  if config.sampler.name != sampler:
+    default = sampling.default_config(sampler)
+    default.update(schedule=config.sampler.schedule, eps=config.sampler.eps)
+    config.sampler = default
   config.mesh.data, config.mesh.fsdp = -1, 1
   return config
 
@@ -107,11 +98,6 @@ def z_init_from_prompts(prompts: list[np.ndarray] | None, info: DataInfo, num_sa
   return rows.reshape((num_samples,) + tuple(info.data_shape))
 
 
-def sampler_tag(sampler_config: ml_collections.ConfigDict) -> str:
-  """'ancestral', 'remdm-loop', ... for file names and tables."""
-  return f"remdm-{sampler_config.remdm.strategy}" if sampler_config.name == "remdm" else sampler_config.name
-
-
 def define_flags(flag_values) -> None:
   """The flags of the sampling binaries besides --workdir and --config."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -149,7 +135,7 @@ def _sample(f, config: ml_collections.ConfigDict) -> None:
     import PIL  # pylint: disable=g-import-not-at-top,unused-import  # fail before sampling, not after
   batch_size = generate.auto_batch_size(f.batch_size, f.num_samples, sharding_lib.make_mesh(config.mesh).size)
   restored = experiment.restore_ema(config, f.workdir, f.step)
-  tag = sampler_tag(config.sampler)
+  tag = f"remdm-{config.sampler.remdm.strategy}" if config.sampler.name == "remdm" else config.sampler.name
   base = f.output or os.path.join(f.workdir, "samples", f"{tag}_step{restored.step}_seed{f.seed}")
   tokens, stats = generate.generate(restored.exp.graphdef, restored.params, config.sampler, z_init,
                                     generate.seed_key(f.seed), mesh=restored.exp.mesh, batch_size=batch_size,

@@ -153,8 +153,7 @@ def csv_text(rows: list[dict]) -> str:
   out = io.StringIO()
   writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
   writer.writeheader()
-  for row in rows:
-    writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+  writer.writerows({k: row[k] for k in COLUMNS} for row in rows)  # csv writes None as ''
   return out.getvalue()
 
 

@@ -38,8 +38,9 @@ def eval_step(params, batch: dict, key: jax.Array, *, graphdef) -> jax.Array:
   return model.loss(batch["x"], key, batch.get("label")).nelbo
 
 
-def make_eval_fn(exp: experiment_lib.Experiment):
-  return jax.jit(functools.partial(eval_step, graphdef=exp.graphdef),
+def make_eval_fn(exp: experiment_lib.Experiment, step=eval_step, **kwargs):
+  """jit of step(params, batch, key, graphdef=..., **kwargs) with the batch split over the experiment's mesh."""
+  return jax.jit(functools.partial(step, graphdef=exp.graphdef, **kwargs),
                  in_shardings=(exp.params_sharding, sharding.batch_sharding(exp.mesh), None),
                  out_shardings=sharding.batch_sharding(exp.mesh))
 
@@ -82,10 +83,7 @@ def mc_eval_step(params, batch: dict, key: jax.Array, *, graphdef, num_mc_sample
 
 def make_mc_eval_fn(exp: experiment_lib.Experiment, num_mc_samples: int = 1, discrete_steps: int = 0):
   check_estimator(exp.config.diffusion.objective, discrete_steps, num_mc_samples)
-  step = functools.partial(mc_eval_step, graphdef=exp.graphdef, num_mc_samples=num_mc_samples,
-                           discrete_steps=discrete_steps)
-  return jax.jit(step, in_shardings=(exp.params_sharding, sharding.batch_sharding(exp.mesh), None),
-                 out_shardings=sharding.batch_sharding(exp.mesh))
+  return make_eval_fn(exp, mc_eval_step, num_mc_samples=num_mc_samples, discrete_steps=discrete_steps)
 
 
 def _local_batches(config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict, split: str,

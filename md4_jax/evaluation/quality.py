@@ -142,11 +142,6 @@ def ar_scorer(config: ml_collections.ConfigDict, workdir: str, step: int | None 
                 lambda t: run(last_hidden, t), vocab_size)
 
 
-def ar_features(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> FeatureFn:
-  """feature_fn(tokens [B, L]) -> [B, D] of an 'ar' checkpoint (ar_scorer's features)."""
-  return ar_scorer(config, workdir, step).features
-
-
 def gpt2_large_scorer(path: str, batch_size: int = 8, device: str | None = None) -> Scorer:
   """GPT-2 Large from a local `transformers` checkpoint folder (config.json + weights); GPT-2 token ids in.
 
