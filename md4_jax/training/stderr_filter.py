@@ -11,18 +11,24 @@ are recognised one by one).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 
 HEADER = b"Traceback (most recent call last):"
-# The other lines of those tracebacks (stripped); several threads print at once, so their lines interleave.
-NOISE = (b"self._check_closed()", b"raise RuntimeError('Event loop is closed')", b"RuntimeError: Event loop is closed")
-NOISE_FRAMES = (b"in call_soon_threadsafe", b"in _check_closed")  # in asyncio/base_events.py
+# The pieces of those tracebacks. Several threads print at once, so their lines interleave, even within a line
+# ("RuntimeError:     raise RuntimeError('Event loop is closed')"): a line made only of these pieces is noise.
+_PIECES = re.compile(
+    rb"Traceback \(most recent call last\):|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)"
+    rb"|RuntimeError: Event loop is closed|RuntimeError:?"
+    rb"|File \"[^\"]*asyncio[^\"]*\", line \d+, in (?:call_soon_threadsafe|_check_closed)")
 
 
 def is_noise(line: bytes) -> bool:
+  """True for a line made only of pieces of those tracebacks (or blank); a lone traceback header is not noise
+  (the filter holds it until the next line says whose traceback it starts)."""
   line = line.strip()
-  return line in NOISE or (line.startswith(b"File ") and b"asyncio" in line and line.endswith(NOISE_FRAMES))
+  return line != HEADER and not _PIECES.sub(b"", line).strip()
 
 
 class ClosedLoopFilter:
