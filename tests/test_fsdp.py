@@ -7,9 +7,7 @@ about an eighth. The bound covers the state, which is what the sharding rules de
 """
 
 import collections
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +15,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax.training import checkpoint, experiment, sharding
+from md4_jax.training import experiment, sharding
 from md4_jax import train
 from md4_jax.nn import axes
 from md4_jax.nn.layers import partitioned
-from train_configs import tiny_config
+from train_configs import tiny_config, train_and_restore
 
 
 class _Probe(nnx.Module):
@@ -104,15 +102,8 @@ def test_fsdp_training_matches_data_parallel(tmp_path, scan_layers):
     workdir = str(tmp_path / f"fsdp{fsdp}")
     config = _config(8 // fsdp, fsdp)
     config.model.network.update(num_layers=2, scan_layers=scan_layers)
-    train.train_and_evaluate(config, workdir)
-    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    lines, params[fsdp] = train_and_restore(config, workdir, 6)
     curves[fsdp] = [[line[k] for k in ("train/objective", "train/nelbo", "train/grad_norm")] for line in lines]
-    exp = experiment.build(config)
-    manager = checkpoint.make_manager(workdir, read_only=True)
-    state, _ = checkpoint.restore(manager, 6, checkpoint.abstract_with_shardings(
-        exp.abstract_state, exp.state_sharding), checkpoint.fingerprint(config))
-    manager.close()
-    params[fsdp] = state.params
   query = params[8]["network"]["blocks"] if scan_layers else params[8]["network"]["blocks"][0]
   assert tuple(query["attention"]["query"]["kernel"].sharding.spec) == ((None,) if scan_layers else ()) + ("fsdp", None)
   assert len(curves[8]) == 6 and np.all(np.isfinite(curves[8]))

@@ -2,9 +2,7 @@
 annotations and training, parameter counts of the released sizes, bad configs."""
 
 import dataclasses
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,13 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax.training import checkpoint, experiment
-from md4_jax import train
 from md4_jax.model import make_model
 from md4_jax.nn import axes, make_network
 from md4_jax.nn.mdlm_dit import MDLM_DIT_SIZES, MDLMDiT, MDLMDiTConfig, NEG_INF
 from block_layout import stack_blocks
-from train_configs import tiny_config
+from train_configs import tiny_config, train_and_restore
 
 V = 11
 MICRO = dict(vocab_size=V, num_layers=3, num_heads=2, width=16, cond_dim=8)
@@ -135,15 +131,8 @@ def test_fsdp_training_matches_data_parallel(tmp_path, scan_layers=True):
     config = mdlm_tiny_config(**{"mesh.data": 8 // fsdp, "mesh.fsdp": fsdp, "train.num_steps": 4,
                                  "train.checkpoint_every": 4, "train.log_every": 1})
     config.model.network.scan_layers = scan_layers
-    train.train_and_evaluate(config, workdir)
-    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    lines, params[fsdp] = train_and_restore(config, workdir, 4)
     curves[fsdp] = [[line[k] for k in ("train/objective", "train/grad_norm")] for line in lines]
-    exp = experiment.build(config)
-    manager = checkpoint.make_manager(workdir, read_only=True)
-    state, _ = checkpoint.restore(manager, 4, checkpoint.abstract_with_shardings(
-        exp.abstract_state, exp.state_sharding), checkpoint.fingerprint(config))
-    manager.close()
-    params[fsdp] = state.params
   blocks = params[8]["network"]["blocks"] if scan_layers else params[8]["network"]["blocks"][0]
   assert tuple(blocks["attn_qkv"]["kernel"].sharding.spec) == ((None,) if scan_layers else ()) + ("fsdp", None)
   assert len(curves[8]) == 4 and np.all(np.isfinite(curves[8]))

@@ -26,3 +26,20 @@ def tiny_config(num_steps: int = 8, **overrides):
     group, field = key.split(".")
     config[group][field] = value
   return config
+
+
+def train_and_restore(config, workdir: str, step: int) -> tuple[list[dict], dict]:
+  """Trains `config` in `workdir`; returns (metrics.jsonl rows, the parameters of checkpoint `step`, placed as
+  the config's shardings say)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from md4_jax import train  # pylint: disable=g-import-not-at-top
+  from md4_jax.training import checkpoint, experiment  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  exp = experiment.build(config)
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  state, _ = checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
+      exp.abstract_state, exp.state_sharding), checkpoint.fingerprint(config))
+  manager.close()
+  return rows, state.params
