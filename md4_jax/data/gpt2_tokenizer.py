@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from md4_jax.data.interface import decode_rows
+
 VOCAB_SIZE = 50257  # V; the mask id is 50257
 EOS_ID = 50256
 MASK_TEXT = '[MASK]'  # shown for the mask id by `decode_gpt2`
@@ -49,15 +51,10 @@ def encode_gpt2(text: str) -> np.ndarray:
 
 def decode_gpt2(tokens: np.ndarray) -> str | np.ndarray:
   """Token ids [..., L] -> str (for [L]) or array of str [...]; the mask id shows as MASK_TEXT."""
-  tokens = np.asarray(tokens)
-  if tokens.ndim == 0 or tokens.size and (tokens.min() < 0 or tokens.max() > VOCAB_SIZE):
-    raise ValueError(f'cannot decode tokens of shape {tokens.shape}: need [..., L] ids in [0, {VOCAB_SIZE}]')
-  encoding = gpt2_encoding()
 
   def one(row: np.ndarray) -> str:
+    encoding = gpt2_encoding()
     pieces = (MASK_TEXT.encode() if t == VOCAB_SIZE else encoding.decode_single_token_bytes(t) for t in row.tolist())
     return b''.join(pieces).decode('utf-8', errors='replace')
 
-  if tokens.ndim == 1:
-    return one(tokens)
-  return np.array([one(row) for row in tokens.reshape(-1, tokens.shape[-1])]).reshape(tokens.shape[:-1])
+  return decode_rows(tokens, VOCAB_SIZE + 1, one)

@@ -71,6 +71,16 @@ def check_split(split: str) -> None:
     raise ValueError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
 
 
+def decode_rows(tokens: np.ndarray, num_ids: int, decode_row: Callable[[np.ndarray], str]) -> str | np.ndarray:
+  """Token ids [..., L] in [0, num_ids) -> decode_row(ids [L]) for [L], or an array of str [...] (one per row)."""
+  tokens = np.asarray(tokens)
+  if tokens.ndim == 0 or tokens.size and (tokens.min() < 0 or tokens.max() >= num_ids):
+    raise ValueError(f'cannot decode tokens of shape {tokens.shape}: need [..., L] ids in [0, {num_ids - 1}]')
+  if tokens.ndim == 1:
+    return decode_row(tokens)
+  return np.array([decode_row(row) for row in tokens.reshape(-1, tokens.shape[-1])]).reshape(tokens.shape[:-1])
+
+
 def split_bounds(num_records: int, train_fraction: float, validation_fraction: float) -> dict[str, tuple[int, int]]:
   """[start, stop) per split: train first, then validation, test the rest (text8: 90M / 5M / 5M)."""
   if not (0 < train_fraction < 1 and 0 < validation_fraction < 1 and train_fraction + validation_fraction < 1):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+import itertools
 import os
 import re
 
@@ -36,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from md4_jax.data import sampler as sampler_lib
-from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split, split_bounds
+from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split, decode_rows, split_bounds
 
 SMILES_REGEX = re.compile(r'(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|'
                           r'%[0-9]{2}|[0-9])')
@@ -153,27 +154,20 @@ IDS = {tok: i for i, tok in enumerate(VOCABULARY)}
 
 def info(config: ml_collections.ConfigDict) -> DataInfo:
   _check(config)
-  vocab, ids = VOCABULARY, IDS
-  vocab_array = np.array(vocab)
 
-  def decode(tokens: np.ndarray) -> str | np.ndarray:
-    tokens = np.asarray(tokens)
-    if tokens.ndim < 1 or tokens.size and (tokens.min() < 0 or tokens.max() >= len(vocab)):
-      raise ValueError(f'cannot decode tokens of shape {tokens.shape}: need [..., L] ids in [0, {len(vocab)})')
-    rows = tokens.reshape(-1, tokens.shape[-1])
-    ends = np.where((rows == 0).any(-1), (rows == 0).argmax(-1), rows.shape[-1])  # the first '<pad>' ends it
-    text = np.array([''.join(vocab_array[row[:end]]) for row, end in zip(rows, ends)])
-    return str(text[0]) if tokens.ndim == 1 else text.reshape(tokens.shape[:-1])
+  def decode_row(row: np.ndarray) -> str:
+    return ''.join(VOCABULARY[t] for t in itertools.takewhile(bool, row.tolist()))  # the first '<pad>' (0) ends it
 
   def encode(smiles: str) -> np.ndarray:
     tokens = tokenize(smiles)
-    unknown = [t for t in tokens if t not in ids]
+    unknown = [t for t in tokens if t not in IDS]
     if unknown:
       raise ValueError(f'SMILES {smiles!r} has tokens outside the vocabulary: {unknown}')
-    return np.array([ids[t] for t in tokens], np.int32)
+    return np.array([IDS[t] for t in tokens], np.int32)
 
-  return DataInfo(vocab_size=len(vocab), data_shape=(config.seq_len,),
-                  num_classes=0 if config.label == 'none' else 2, decode=decode, encode=encode)
+  return DataInfo(vocab_size=len(VOCABULARY), data_shape=(config.seq_len,),
+                  num_classes=0 if config.label == 'none' else 2,
+                  decode=lambda tokens: decode_rows(tokens, len(VOCABULARY), decode_row), encode=encode)
 
 
 def encode_padded(smiles: np.ndarray, ids: dict[str, int], seq_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import zipfile
 
 import numpy as np
 
-from md4_jax.data.interface import DataNotFoundError
+from md4_jax.data.interface import DataNotFoundError, decode_rows
 
 ALPHABET = 'abcdefghijklmnopqrstuvwxyz '
 VOCAB_SIZE = len(ALPHABET)  # V = 27; the mask id is 27
@@ -71,9 +71,9 @@ def read_text_bytes(path: str, how_to_obtain: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(path: str, how_to_obtain: str, mtime_ns: int, size: int) -> np.ndarray:
+def _load_cached(path: str | None, how_to_obtain: str, mtime_ns: int, size: int) -> np.ndarray:
   del mtime_ns, size  # only part of the cache key: a changed file is read again
-  raw = read_text_bytes(path, how_to_obtain)
+  raw = builtin_corpus_bytes() if path is None else read_text_bytes(path, how_to_obtain)
   ids = normalize_bytes(raw)
   if not np.any(ids != SPACE_ID):
     raise ValueError(f'corpus {path!r} is empty: its {len(raw)} bytes hold no letter a-z')
@@ -81,17 +81,10 @@ def _load_cached(path: str, how_to_obtain: str, mtime_ns: int, size: int) -> np.
   return ids
 
 
-@functools.lru_cache(maxsize=1)
-def _load_builtin() -> np.ndarray:
-  ids = normalize_bytes(builtin_corpus_bytes())
-  ids.flags.writeable = False
-  return ids
-
-
 def load_corpus(path: str | None, how_to_obtain: str) -> np.ndarray:
   """Normalised corpus [N] uint8 (read-only, cached per file); path None -> the built-in demo corpus."""
   if path is None:
-    return _load_builtin()
+    return _load_cached(None, '', 0, 0)
   path = os.path.abspath(os.path.expanduser(path))
   stat = os.stat(path) if os.path.isfile(path) else None
   return _load_cached(path, how_to_obtain, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
@@ -104,10 +97,4 @@ def encode_chars(text: str) -> np.ndarray:
 
 def decode_chars(tokens: np.ndarray) -> str | np.ndarray:
   """Token ids [..., L] -> str (for [L]) or array of str [...]; the mask id shows as MASK_CHAR."""
-  tokens = np.asarray(tokens)
-  if tokens.ndim == 0 or tokens.size and (tokens.min() < 0 or tokens.max() > VOCAB_SIZE):
-    raise ValueError(f'cannot decode tokens of shape {tokens.shape}: need [..., L] ids in [0, {VOCAB_SIZE}]')
-  chars = _ID_TO_CHAR[tokens]
-  if tokens.ndim == 1:
-    return ''.join(chars)
-  return np.array([''.join(row) for row in chars.reshape(-1, tokens.shape[-1])]).reshape(tokens.shape[:-1])
+  return decode_rows(tokens, VOCAB_SIZE + 1, lambda row: ''.join(_ID_TO_CHAR[row]))
