@@ -53,37 +53,6 @@ def char_info(config: ml_collections.ConfigDict) -> DataInfo:
                   decode=text_corpus.decode_chars, encode=text_corpus.encode_chars)
 
 
-def _make_windows(config: ml_collections.ConfigDict, corpus_path: str | None, how_to_obtain: str, split: str, *,
-                  batch_size: int, seed: int, shard_index: int, shard_count: int) -> sampler_lib.RecordDataset:
-  """Window dataset over the normalised corpus at `corpus_path` (None: built-in)."""
-  check_split(split)
-  seq_len, stride = int(config.seq_len), int(config.train_stride)
-  if seq_len < 1 or stride < 1:
-    raise ValueError(f'seq_len={seq_len}, train_stride={stride}; both must be positive ints')
-  corpus = text_corpus.load_corpus(corpus_path, how_to_obtain)
-  start, stop = split_bounds(corpus.size, config.train_fraction, config.validation_fraction)[split]
-  tokens = corpus[start:stop]  # [N_split]
-  step = stride if split == 'train' else seq_len
-  if tokens.size < seq_len:
-    name = corpus_path or text_corpus.BUILTIN_NAME
-    raise ValueError(f'corpus {name!r} has {corpus.size} characters after normalisation, so its {split} split has '
-                     f'{tokens.size}, fewer than seq_len={seq_len}; use a larger corpus or a smaller seq_len')
-  num_records = (tokens.size - seq_len) // step + 1
-  offsets = np.arange(seq_len)
-
-  def fetch(indices: np.ndarray) -> dict[str, np.ndarray]:
-    return {'x': tokens[indices[:, None] * step + offsets].astype(np.int32)}  # [B, L]
-
-  return sampler_lib.split_dataset(num_records, split, fetch, batch_size=batch_size, seed=seed,
-                                   shard_index=shard_index, shard_count=shard_count)
-
-
-def make_chars(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
-               shard_count: int = 1) -> sampler_lib.RecordDataset:
-  return _make_windows(config, config.path, _CHARS_HOW, split, batch_size=batch_size, seed=seed,
-                       shard_index=shard_index, shard_count=shard_count)
-
-
 def text8_path(config: ml_collections.ConfigDict) -> str:
   """config.data.path, else download_dir/text8.zip, downloaded (atomically) when missing."""
   if config.path is not None:
@@ -107,11 +76,34 @@ def text8_path(config: ml_collections.ConfigDict) -> str:
   return path
 
 
-def make_text8(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
+def make_chars(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
                shard_count: int = 1) -> sampler_lib.RecordDataset:
-  return _make_windows(config, text8_path(config), _TEXT8_HOW, split, batch_size=batch_size, seed=seed,
-                       shard_index=shard_index, shard_count=shard_count)
+  """Window dataset over the normalised corpus: 'chars' config.path (None: built-in), 'text8' `text8_path`."""
+  if config.name == 'text8':
+    corpus_path, how_to_obtain = text8_path(config), _TEXT8_HOW
+  else:
+    corpus_path, how_to_obtain = config.path, _CHARS_HOW
+  check_split(split)
+  seq_len, stride = int(config.seq_len), int(config.train_stride)
+  if seq_len < 1 or stride < 1:
+    raise ValueError(f'seq_len={seq_len}, train_stride={stride}; both must be positive ints')
+  corpus = text_corpus.load_corpus(corpus_path, how_to_obtain)
+  start, stop = split_bounds(corpus.size, config.train_fraction, config.validation_fraction)[split]
+  tokens = corpus[start:stop]  # [N_split]
+  step = stride if split == 'train' else seq_len
+  if tokens.size < seq_len:
+    name = corpus_path or text_corpus.BUILTIN_NAME
+    raise ValueError(f'corpus {name!r} has {corpus.size} characters after normalisation, so its {split} split has '
+                     f'{tokens.size}, fewer than seq_len={seq_len}; use a larger corpus or a smaller seq_len')
+  num_records = (tokens.size - seq_len) // step + 1
+  offsets = np.arange(seq_len)
+
+  def fetch(indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {'x': tokens[indices[:, None] * step + offsets].astype(np.int32)}  # [B, L]
+
+  return sampler_lib.split_dataset(num_records, split, fetch, batch_size=batch_size, seed=seed,
+                                   shard_index=shard_index, shard_count=shard_count)
 
 
 CHARS = DatasetSpec(default_config=chars_default_config, info=char_info, make=make_chars)
-TEXT8 = DatasetSpec(default_config=text8_default_config, info=char_info, make=make_text8)
+TEXT8 = DatasetSpec(default_config=text8_default_config, info=char_info, make=make_chars)
