@@ -32,6 +32,7 @@ import numpy as np
 from md4_jax.data import documents
 from md4_jax.data import gpt2_tokenizer
 from md4_jax.data import sampler as sampler_lib
+from md4_jax.data import token_records
 from md4_jax.data.detokenizers import DETOKENIZERS
 from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split
 
@@ -83,11 +84,8 @@ def _blocks(key: tuple) -> np.ndarray:
   rows = [detokenize(row) for row in _rows(config)]
   tokens = gpt2_tokenizer.encode_documents(rows, num_threads=os.cpu_count() or 1)
   group = config.group_rows or max(len(tokens), 1)
-  blocks = []
-  for start in range(0, len(tokens), group):
-    stream = np.concatenate(tokens[start:start + group])
-    num_blocks = stream.size // config.seq_len
-    blocks.append(stream[:num_blocks * config.seq_len].reshape(num_blocks, config.seq_len))
+  blocks = [token_records.BlockPacker(config.seq_len).add(np.concatenate(tokens[start:start + group]))
+            for start in range(0, len(tokens), group)]
   result = np.concatenate(blocks) if blocks else np.zeros([0, config.seq_len], np.uint16)
   if not result.size:
     raise ValueError(f'{config.name} from {config.path or config.hub_name!r} gave no {config.seq_len}-token block '
