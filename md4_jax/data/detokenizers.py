@@ -10,77 +10,64 @@ import re
 from typing import Callable
 
 
+def _apply(string: str, rules: tuple[tuple[str | re.Pattern, str], ...]) -> str:
+  """Applies the (old, new) rules in order: `old.sub(new, string)` for a regex, else `string.replace(old, new)`."""
+  for old, new in rules:
+    string = old.sub(new, string) if isinstance(old, re.Pattern) else string.replace(old, new)
+  return string
+
+
+_WIKITEXT = (
+    # contractions
+    ("s '", "s'"), (re.compile(r"/' [0-9]/"), r"/'[0-9]/"),
+    # number separators
+    (' @-@ ', '-'), (' @,@ ', ','), (' @.@ ', '.'),
+    # punctuation
+    (' : ', ': '), (' ; ', '; '), (' . ', '. '), (' ! ', '! '), (' ? ', '? '), (' , ', ', '),
+    # brackets and quotes
+    (re.compile(r'\(\s*([^\)]*?)\s*\)'), r'(\1)'),
+    (re.compile(r'\[\s*([^\]]*?)\s*\]'), r'[\1]'),
+    (re.compile(r'{\s*([^}]*?)\s*}'), r'{\1}'),
+    (re.compile(r'\"\s*([^\"]*?)\s*\"'), r'"\1"'),
+    (re.compile(r"'\s*([^']*?)\s*'"), r"'\1'"),
+    # miscellaneous
+    ('= = = =', '===='), ('= = =', '==='), ('= =', '=='), (' ' + chr(176) + ' ', chr(176)),
+    (' \n', '\n'), ('\n ', '\n'), (' N ', ' 1 '), (" 's", "'s"),
+)
+_PTB = (
+    (" 's", "'s"), ("s ' ", "s' "), (" n't", "n't"), (' \n ', '\n'), ('\\/', '/'),
+    *[(' N ', ' 1 ')] * 10,  # SEDD's loop of 10 replacements
+    ('$ 1', '$1'), ('# 1', '#1'), ('<unk>', '?'),
+)
+_LM1B = (
+    ('http : / / ', 'http://'), ('https : / / ', 'https://'),
+    (re.compile(r" \'(\w+)"), r"'\1"),
+    (re.compile(r' (\w+) \. '), r' \1. '),
+    (re.compile(r' (\w+) \.$'), r' \1.'),
+    (' ? ', '? '), (re.compile(r' \?$'), '?'),
+    (' ! ', '! '), (re.compile(r' \!$'), '!'),
+    (' , ', ', '), (' : ', ': '), (' ; ', '; '), (' / ', '/'),
+    (re.compile(r'\" ([^\"]+) \"'), r'"\1"'),
+    (re.compile(r"\' ([^\']+) \'"), r"'\1'"),
+    (re.compile(r'\( ([^\(\)]+) \)'), r'(\1)'),
+    (re.compile(r'\[ ([^\[\]]+) \]'), r'[\1]'),
+    ('$ ', '$'), ('£ ', '£'),
+)
+
+
 def wikitext_detokenizer(string: str) -> str:
   """WikiText-2 / WikiText-103 (the lm-eval-harness / Megatron wikitext rules)."""
-  # contractions
-  string = string.replace("s '", "s'")
-  string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
-  # number separators
-  string = string.replace(' @-@ ', '-')
-  string = string.replace(' @,@ ', ',')
-  string = string.replace(' @.@ ', '.')
-  # punctuation
-  string = string.replace(' : ', ': ')
-  string = string.replace(' ; ', '; ')
-  string = string.replace(' . ', '. ')
-  string = string.replace(' ! ', '! ')
-  string = string.replace(' ? ', '? ')
-  string = string.replace(' , ', ', ')
-  # brackets and quotes
-  string = re.sub(r'\(\s*([^\)]*?)\s*\)', r'(\1)', string)
-  string = re.sub(r'\[\s*([^\]]*?)\s*\]', r'[\1]', string)
-  string = re.sub(r'{\s*([^}]*?)\s*}', r'{\1}', string)
-  string = re.sub(r'\"\s*([^\"]*?)\s*\"', r'"\1"', string)
-  string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
-  # miscellaneous
-  string = string.replace('= = = =', '====')
-  string = string.replace('= = =', '===')
-  string = string.replace('= =', '==')
-  string = string.replace(' ' + chr(176) + ' ', chr(176))
-  string = string.replace(' \n', '\n')
-  string = string.replace('\n ', '\n')
-  string = string.replace(' N ', ' 1 ')
-  string = string.replace(" 's", "'s")
-  return string
+  return _apply(string, _WIKITEXT)
 
 
 def ptb_detokenizer(string: str) -> str:
   """Penn Treebank (ptb_text_only)."""
-  string = string.replace(" 's", "'s")
-  string = string.replace("s ' ", "s' ")
-  string = string.replace(" n't", "n't")
-  string = string.replace(' \n ', '\n')
-  string = string.replace('\\/', '/')
-  for _ in range(10):
-    string = string.replace(' N ', ' 1 ')
-  string = string.replace('$ 1', '$1')
-  string = string.replace('# 1', '#1')
-  string = string.replace('<unk>', '?')
-  return string
+  return _apply(string, _PTB)
 
 
 def lm1b_detokenizer(string: str) -> str:
   """One Billion Words (lm1b)."""
-  string = string.replace('http : / / ', 'http://')
-  string = string.replace('https : / / ', 'https://')
-  string = re.sub(r" \'(\w+)", r"'\1", string)
-  string = re.sub(r' (\w+) \. ', r' \1. ', string)
-  string = re.sub(r' (\w+) \.$', r' \1.', string)
-  string = string.replace(' ? ', '? ')
-  string = re.sub(r' \?$', '?', string)
-  string = string.replace(' ! ', '! ')
-  string = re.sub(r' \!$', '!', string)
-  string = string.replace(' , ', ', ')
-  string = string.replace(' : ', ': ')
-  string = string.replace(' ; ', '; ')
-  string = string.replace(' / ', '/')
-  string = re.sub(r'\" ([^\"]+) \"', r'"\1"', string)
-  string = re.sub(r"\' ([^\']+) \'", r"'\1'", string)
-  string = re.sub(r'\( ([^\(\)]+) \)', r'(\1)', string)
-  string = re.sub(r'\[ ([^\[\]]+) \]', r'[\1]', string)
-  string = string.replace('$ ', '$')
-  string = string.replace('£ ', '£')
-  return string
+  return _apply(string, _LM1B)
 
 
 def lambada_detokenizer(string: str) -> str:
