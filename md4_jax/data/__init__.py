@@ -61,5 +61,8 @@ def make_dataset(data_config: ml_collections.ConfigDict, split: str, *, batch_si
                  shard_index: int = 0, shard_count: int = 1) -> Dataset:
   """This process's batches of `split` ('train': infinite and shuffled; 'validation' / 'test': one pass in order,
   the last incomplete global batch dropped)."""
-  return _spec(data_config.name).make(data_config, split, batch_size=batch_size, seed=seed,
-                                      shard_index=shard_index, shard_count=shard_count)
+  spec = _spec(data_config.name)
+  if split not in SPLITS:
+    raise ValueError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
+  return spec.make(data_config, split, batch_size=batch_size, seed=seed, shard_index=shard_index,
+                   shard_count=shard_count)

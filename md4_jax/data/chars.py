@@ -25,7 +25,7 @@ import numpy as np
 
 from md4_jax.data import sampler as sampler_lib
 from md4_jax.data import text_corpus
-from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split, split_bounds
+from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, split_bounds
 
 TEXT8_URL = 'http://mattmahoney.net/dc/text8.zip'
 _CHARS_HOW = 'point config.data.path at a .txt, .txt.gz or .zip file, or set it to None for the built-in corpus'
@@ -83,7 +83,6 @@ def make_chars(config: ml_collections.ConfigDict, split: str, *, batch_size: int
     corpus_path, how_to_obtain = text8_path(config), _TEXT8_HOW
   else:
     corpus_path, how_to_obtain = config.path, _CHARS_HOW
-  check_split(split)
   seq_len, stride = int(config.seq_len), int(config.train_stride)
   if seq_len < 1 or stride < 1:
     raise ValueError(f'seq_len={seq_len}, train_stride={stride}; both must be positive ints')

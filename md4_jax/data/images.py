@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from md4_jax.data import sampler as sampler_lib
-from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split, split_bounds
+from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, split_bounds
 
 DIGITS_LEVELS = 17
 
@@ -75,7 +75,6 @@ def tfds_info(config: ml_collections.ConfigDict) -> DataInfo:
 
 def make_digits(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
                 shard_count: int = 1) -> sampler_lib.RecordDataset:
-  check_split(split)
   if config.path is not None:
     raise ValueError(f"config.data.path={config.path!r}; 'digits' ships with scikit-learn: set path to None")
   try:
@@ -94,7 +93,6 @@ def make_digits(config: ml_collections.ConfigDict, split: str, *, batch_size: in
 
 def make_tfds(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
               shard_count: int = 1) -> sampler_lib.RecordDataset:
-  check_split(split)
   data_dir = os.path.expanduser(config.path or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
   how = (f'prepare it on a machine with TensorFlow: `tfds build {config.tfds_name} --file_format=array_record '
          f'--data_dir={data_dir}`, and set config.data.path to that data_dir')

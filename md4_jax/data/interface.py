@@ -58,17 +58,12 @@ class DatasetSpec:
   Attributes:
     default_config: () -> the dataset's `config.data` with every key it reads.
     info: config.data -> DataInfo.
-    make: (config.data, split, *, batch_size, seed, shard_index, shard_count) -> Dataset.
+    make: (config.data, split, *, batch_size, seed, shard_index, shard_count) -> Dataset; `make_dataset` has
+      checked that split is one of SPLITS.
   """
   default_config: Callable[[], ml_collections.ConfigDict]
   info: Callable[[ml_collections.ConfigDict], DataInfo]
   make: Callable[..., Dataset]
-
-
-def check_split(split: str) -> None:
-  """Raises ValueError unless `split` is one of SPLITS."""
-  if split not in SPLITS:
-    raise ValueError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
 
 
 def decode_rows(tokens: np.ndarray, num_ids: int, decode_row: Callable[[np.ndarray], str]) -> str | np.ndarray:

@@ -16,7 +16,7 @@ import ml_collections
 from md4_jax.data import gpt2_tokenizer
 from md4_jax.data import sampler as sampler_lib
 from md4_jax.data import token_records
-from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split
+from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec
 
 _HOW = 'prepare it with `python -m md4_jax.data.prepare_owt --output_dir DIR` and set config.data.path = DIR'
 
@@ -33,7 +33,6 @@ def owt_info(config: ml_collections.ConfigDict) -> DataInfo:
 
 def make_owt(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
              shard_count: int = 1) -> sampler_lib.RecordDataset:
-  check_split(split)
   if split == 'test':
     raise ValueError("'owt' has splits train and validation (the held-out split); there is no 'test'")
   if config.path is None:

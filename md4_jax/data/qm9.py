@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from md4_jax.data import sampler as sampler_lib
-from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split, decode_rows, split_bounds
+from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, decode_rows, split_bounds
 
 SMILES_REGEX = re.compile(r'(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|'
                           r'%[0-9]{2}|[0-9])')
@@ -186,7 +186,6 @@ def encode_padded(smiles: np.ndarray, ids: dict[str, int], seq_len: int) -> tupl
 
 def make(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int, shard_index: int = 0,
          shard_count: int = 1) -> sampler_lib.RecordDataset:
-  check_split(split)
   _check(config)
   molecules = load_molecules(config.path, config.cache_dir)
   start, stop = split_bounds(len(molecules['smiles']), config.train_fraction, config.validation_fraction)[split]

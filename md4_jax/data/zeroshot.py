@@ -34,7 +34,7 @@ from md4_jax.data import gpt2_tokenizer
 from md4_jax.data import sampler as sampler_lib
 from md4_jax.data import token_records
 from md4_jax.data.detokenizers import DETOKENIZERS
-from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec, check_split
+from md4_jax.data.interface import DataInfo, DataNotFoundError, DatasetSpec
 
 LINE_MODES = ('keep', 'strip')
 _SETS = {  # name: (detokenizer, text_field, line_mode, hub_name, hub_config)
@@ -101,7 +101,6 @@ def zeroshot_info(config: ml_collections.ConfigDict) -> DataInfo:
 
 def make_zeroshot(config: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int,
                   shard_index: int = 0, shard_count: int = 1) -> sampler_lib.RecordDataset:
-  check_split(split)
   if split != 'test':
     raise ValueError(f"zero-shot set {config.name!r} is for evaluation: split 'test' only, got {split!r}")
   if config.line_mode not in LINE_MODES:
