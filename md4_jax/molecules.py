@@ -17,7 +17,6 @@ Writes results.csv, results.md (a markdown table) and frontier.png (novel count 
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import sys
@@ -27,11 +26,13 @@ import numpy as np
 
 from md4_jax import cli
 from md4_jax.training import atomic
+from md4_jax.evaluation import tables
 from md4_jax.training import config_base
 from md4_jax.training import experiment as experiment_lib
 from md4_jax import generate
 from md4_jax import objectives
 from md4_jax.training import run_config
+from md4_jax import sample_lib
 from md4_jax import sampling
 from md4_jax.data import qm9
 from md4_jax.data.interface import split_bounds
@@ -66,19 +67,31 @@ def score(smiles: list[str], reference: set[str], prop: str) -> Score:
   return Score(valid, len(canonical), len(novel), float(np.mean(values)) if values else float('nan'))
 
 
+def _set_options(config: ml_collections.ConfigDict, spec: str, kind: str, valid: str, path=lambda key: key) -> None:
+  """Sets the 'key=value,...' options after the ':' of `spec` on `config`, at the dotted field path(key); a value
+  takes the type of the field's value (a bool: true or false)."""
+  for item in filter(None, spec.partition(':')[2].split(',')):
+    key, sep, value = item.partition('=')
+    *parents, leaf = path(key).split('.')
+    parent = config
+    for name in parents:
+      parent = parent[name] if isinstance(parent, ml_collections.ConfigDict) and name in parent else None
+    found = isinstance(parent, ml_collections.ConfigDict) and leaf in parent
+    if not sep or not found or isinstance(parent[leaf], ml_collections.ConfigDict):  # a group is no field
+      raise ValueError(f'bad {kind} option {item!r} in {spec!r}; give {valid}')
+    field = parent[leaf]
+    if isinstance(field, bool) and value.lower() not in ('true', 'false'):
+      raise ValueError(f'bad {kind} option {item!r} in {spec!r}; a bool field takes true or false')
+    parent[leaf] = value.lower() == 'true' if isinstance(field, bool) else type(field)(value)
+
+
 def sampler_config(spec: str, experiment_sampler: ml_collections.ConfigDict, num_steps: int
                    ) -> ml_collections.ConfigDict:
   """'name' or 'name:key=value,...' (keys of the sampler config or of its remdm group) -> a sampler config."""
-  name, _, rest = spec.partition(':')
-  config = sampling.default_config(name)
+  config = sampling.default_config(spec.partition(':')[0])
   config.update(schedule=experiment_sampler.schedule, eps=experiment_sampler.eps, num_steps=num_steps)
-  for item in filter(None, rest.split(',')):
-    key, sep, value = item.partition('=')
-    group = config if key in config and key != 'remdm' else config.remdm if key in config.remdm else None
-    if not sep or group is None:
-      raise ValueError(f'bad sampler option {item!r} in {spec!r}; give key=value with a key of: '
-                       f'{", ".join(k for k in config if k != "remdm")}, {", ".join(config.remdm)}')
-    group[key] = type(group[key])(value)
+  _set_options(config, spec, 'sampler', f'key=value with a key of: {", ".join(k for k in config if k != "remdm")}, '
+               f'{", ".join(config.remdm)}', lambda key: f'remdm.{key}' if key in config.remdm else key)
   sampling.validate_config(config)
   return config
 
@@ -89,18 +102,10 @@ GUIDANCE = ('cfg', 'cbg')
 def model_config(spec: str, base: ml_collections.ConfigDict) -> tuple[str, ml_collections.ConfigDict]:
   """'WORKDIR' or 'WORKDIR:key=value,...' -> (workdir, its config on one device): WORKDIR/config.json, else `base`
   with the dotted config fields the run was trained with (e.g. diffusion.objective=udlm)."""
-  workdir, _, rest = spec.partition(':')
+  workdir = spec.partition(':')[0]
   config = run_config.load(workdir) or ml_collections.ConfigDict(base.to_dict())
   config.mesh.data, config.mesh.fsdp = 1, 1
-  for item in filter(None, rest.split(',')):
-    key, sep, value = item.partition('=')
-    *parents, leaf = key.split('.')
-    parent = config
-    for name in parents:
-      parent = parent[name] if isinstance(parent, ml_collections.ConfigDict) and name in parent else None
-    if not sep or not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
-      raise ValueError(f'bad model option {item!r} in {spec!r}; give dotted.key=value of an existing config field')
-    parent[leaf] = type(parent[leaf])(value)
+  _set_options(config, spec, 'model', 'dotted.key=value of an existing config field')
   return workdir, config
 
 
@@ -111,17 +116,12 @@ FIELDS = ('model', 'sampler', 'guidance', 'gamma', 'steps', 'seed', 'samples', '
 def write_outputs(rows: list[dict], out_dir: str, prop: str) -> None:
   """results.csv, results.md and frontier.png (novel count vs mean property, one line per model / sampler)."""
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'results.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-  lines = ['| ' + ' | '.join(FIELDS) + ' |', '|' + '---|' * len(FIELDS)]
-  lines += ['| ' + ' | '.join(f'{r[k]:.3f}' if isinstance(r[k], float) else str(r[k]) for k in FIELDS) + ' |'
-            for r in rows]
-  atomic.write(os.path.join(out_dir, 'results.md'), '\n'.join(lines) + '\n')
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  atomic.write(os.path.join(out_dir, 'results.csv'), tables.csv_text(rows, FIELDS, lineterminator='\r\n'))
+  cells = [[f'{r[k]:.3f}' if isinstance(r[k], float) else str(r[k]) for k in FIELDS] for r in rows]
+  atomic.write(os.path.join(out_dir, 'results.md'), '\n'.join(tables.markdown_lines(FIELDS, cells)) + '\n')
+  plt = tables.pyplot()
+  if plt is None:
+    raise ImportError('frontier.png needs matplotlib: pip install md4_jax[molecules]')
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for series in sorted({(r['model'], r['sampler'], r['guidance'], r['seed']) for r in rows}):
     points = [r for r in rows if (r['model'], r['sampler'], r['guidance'], r['seed']) == series and r['novel'] > 0]
@@ -222,6 +222,7 @@ def _evaluate(args, base: ml_collections.ConfigDict, config_path: str | None) ->
     restored = experiment_lib.restore_ema(config, workdir)
     exp = restored.exp
     objective = exp.config.diffusion.objective
+    z_init = sample_lib.z_init_from_prompts(None, exp.info, args.num_samples)  # all masks
     for spec in args.samplers:
       if objectives.get(objective).sampler == objectives.UNIFORM and spec.partition(':')[0] != 'ancestral':
         continue  # ReMDM samplers are for masked models
@@ -229,9 +230,7 @@ def _evaluate(args, base: ml_collections.ConfigDict, config_path: str | None) ->
         sampler = sampler_config(spec, config.sampler, steps)
         for guide in _guides(exp, names, gammas, classifier):
           for seed in [int(s) for s in args.seeds]:
-            tokens, _ = generate.generate(exp.graphdef, restored.params, sampler,
-                                          np.full((args.num_samples,) + tuple(exp.info.data_shape), exp.info.vocab_size,
-                                                  np.int32),
+            tokens, _ = generate.generate(exp.graphdef, restored.params, sampler, z_init,
                                           generate.seed_key(seed), mesh=exp.mesh, batch_size=args.batch_size,
                                           label=None if guide.kind == 'none' else 1, guide=guide)
             s = score(list(exp.info.decode(tokens)), reference, prop)

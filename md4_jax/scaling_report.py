@@ -24,8 +24,6 @@ run), report.png (matplotlib, if installed) and samples/<method>_T<T>.{txt|png,j
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 import time
@@ -40,6 +38,7 @@ from md4_jax import data as data_lib
 from md4_jax.training import experiment
 from md4_jax import generate
 from md4_jax.evaluation import quality
+from md4_jax.evaluation import tables
 from md4_jax.training import run_config
 from md4_jax import sample_lib
 from md4_jax import sampling
@@ -137,33 +136,22 @@ def markdown_table(rows: list[dict], title: str) -> str:
                                             ("nfe", "NFE"), ("wall_s", "wall s"))
              if any(r[key] is not None for r in rows)]
   t_label = "T=" + " / ".join(str(t) for t in steps)
-  lines = [f"# {title}", "", "| method | " + " | ".join(f"{name} {t_label}" for _, name in metrics) + " |",
-           "|---|" + "---|" * len(metrics)]
+  table = []
   for method in dict.fromkeys(r["method"] for r in rows):
     by_t = {r["num_steps"]: r for r in rows if r["method"] == method}
-    cells = []
+    cells = [method]
     for key, _ in metrics:
       values = [by_t[t][key] for t in steps if t in by_t] if method != "data" else [by_t[None][key]]
       cells.append(" / ".join(_fmt(v) for v in values))
-    lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def csv_text(rows: list[dict]) -> str:
-  out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-  writer.writeheader()
-  writer.writerows({k: row[k] for k in COLUMNS} for row in rows)  # csv writes None as ''
-  return out.getvalue()
+    table.append(cells)
+  header = ["method"] + [f"{name} {t_label}" for _, name in metrics]
+  return "\n".join([f"# {title}", ""] + tables.markdown_lines(header, table)) + "\n"
 
 
 def plot(rows: list[dict], path: str, title: str) -> bool:
   """Quality versus T (log2 axis), one line per method, the data row dashed; False if matplotlib is missing."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  plt = tables.pyplot()
+  if plt is None:
     return False
   metrics = [(key, label) for key, label in (("mauve", "MAUVE"), ("gen_ppl", "Gen PPL"), ("entropy", "entropy (nats)"))
              if rows[-1][key] is not None]
@@ -281,7 +269,7 @@ def _report(fv, config: ml_collections.ConfigDict, loaded: ml_collections.Config
   title = (f"{os.path.basename(os.path.normpath(fv.workdir))} step {restored.step}: {fv.num_samples} samples per "
            f"run, {restored.exp.mesh.size} device(s) ({jax.devices()[0].platform})")
   atomic.write(os.path.join(output_dir, "report.md"), markdown_table(rows, title))
-  atomic.write(os.path.join(output_dir, "report.csv"), csv_text(rows))
+  atomic.write(os.path.join(output_dir, "report.csv"), tables.csv_text(rows, COLUMNS))
   png = plot(rows, os.path.join(output_dir, "report.png"), title)
   print(markdown_table(rows, title), flush=True)
   print(f"wrote {output_dir}/report.md, report.csv" + (", report.png" if png else

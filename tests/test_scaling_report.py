@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from md4_jax.training import experiment
-from md4_jax.evaluation import quality
+from md4_jax.evaluation import quality, tables
 from md4_jax import sampling, scaling_report
 from test_sample_binaries import TINY, cached_checkpoint, resolve_config
 from train_configs import ROOT, tiny_config
@@ -58,7 +58,7 @@ def test_table_has_table_1_layout():
       "| data | - | 14.800 | 5.440 | - | - |\n"
       "| mdlm | 0.250 / 0.250 | 50 / 50 | 5.625 / 6.500 | 128 / 1024 | 0.128 / 1.024 |\n"
       "| loop | 0.250 / 0.250 | 50 / 50 | 5.425 / 6.300 | 128 / 1024 | 0.128 / 1.024 |\n")
-  lines = scaling_report.csv_text(rows).splitlines()
+  lines = tables.csv_text(rows, scaling_report.COLUMNS).splitlines()
   assert lines[0] == "method,num_steps,nfe,wall_s,warmup_s,entropy,gen_ppl,mauve"
   assert lines[1] == "data,,,,,5.44,14.8," and lines[2] == "mdlm,128,128.0,0.128,1.0,5.625,50.0,0.25"
 

@@ -196,15 +196,6 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
   return evaluate(restored.exp, make_eval_fn(restored.exp), restored.params, split)
 
 
-def zero_shot_path(directory: str, name: str) -> str | None:
-  """The first existing <directory>/<name><suffix> of ZERO_SHOT_SUFFIXES, or None."""
-  for suffix in ZERO_SHOT_SUFFIXES:
-    path = os.path.join(directory, name + suffix)
-    if os.path.isfile(path):
-      return path
-  return None
-
-
 def zero_shot(exp: experiment_lib.Experiment, params, directory: str, num_mc_samples: int = 1,
               discrete_steps: int = 0) -> dict[str, dict]:
   """Per set of ZERO_SHOT_SETS: NelboStats.summary() on its whole test split, or {'missing': path} without a file.
@@ -217,9 +208,10 @@ def zero_shot(exp: experiment_lib.Experiment, params, directory: str, num_mc_sam
                      f"V = {vocab_size} (data {exp.config.data.name!r})")
   results = {}
   for name in ZERO_SHOT_SETS:
-    path = zero_shot_path(directory, name)
+    paths = [os.path.join(directory, name + suffix) for suffix in ZERO_SHOT_SUFFIXES]
+    path = next(filter(os.path.isfile, paths), None)  # the first that exists
     if path is None:
-      results[name] = {"missing": os.path.join(directory, name + ZERO_SHOT_SUFFIXES[0])}
+      results[name] = {"missing": paths[0]}
       continue
     data_config = data_lib.default_data_config(name)
     data_config.update(path=path, seq_len=int(exp.info.data_shape[0]))

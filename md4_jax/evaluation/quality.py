@@ -94,14 +94,23 @@ class Scorer:
     return self.score(tokens)
 
 
-def _in_batches(fn, tokens: np.ndarray, batch_size: int) -> np.ndarray:
-  """fn over rows of tokens in fixed-size batches (the last padded with copies of row 0), one compilation."""
-  out = []
-  for i in range(0, tokens.shape[0], batch_size):
-    chunk = tokens[i:i + batch_size]
-    pad = batch_size - chunk.shape[0]
-    out.append(np.asarray(fn(np.concatenate([chunk, np.repeat(tokens[:1], pad, axis=0)])))[:chunk.shape[0]])
-  return np.concatenate(out)
+def _batched_scorer(name: str, log_probs, last_hidden, vocab_size: int, batch_size: int,
+                    what: str = "token ids") -> Scorer:
+  """The Scorer of log_probs (score) and last_hidden (features), each called on batches of batch_size rows (the
+  last padded with copies of row 0: one compilation) of tokens checked to be `what` in [0, vocab_size)."""
+
+  def run(fn, tokens):
+    tokens = _tokens_2d(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+      raise ValueError(f"{what} must lie in [0, {vocab_size}); got [{tokens.min()}, {tokens.max()}]")
+    out = []
+    for i in range(0, tokens.shape[0], batch_size):
+      chunk = tokens[i:i + batch_size]
+      pad = batch_size - chunk.shape[0]
+      out.append(np.asarray(fn(np.concatenate([chunk, np.repeat(tokens[:1], pad, axis=0)])))[:chunk.shape[0]])
+    return np.concatenate(out)
+
+  return Scorer(name, lambda t: run(log_probs, t), lambda t: run(last_hidden, t), vocab_size)
 
 
 def ar_scorer(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
@@ -131,15 +140,10 @@ def ar_scorer(config: ml_collections.ConfigDict, workdir: str, step: int | None 
     h = nnx.merge(graphdef, params).network.hidden_states(jnp.concatenate([bos, x], axis=1), jnp.zeros(x.shape[:1]))
     return h[:, -1]
 
-  def run(fn, tokens):
-    tokens = _tokens_2d(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-      raise ValueError(f"token ids must lie in [0, {vocab_size}); got [{tokens.min()}, {tokens.max()}]")
-    place = lambda x: jax.device_put(x.astype(np.int32), batch_sharding)
-    return _in_batches(lambda x: fn(params, place(x)), tokens, batch_size)
-
-  return Scorer(f"ar:{os.path.abspath(workdir)}@{step}", lambda t: run(log_probs, t).astype(np.float64),
-                lambda t: run(last_hidden, t), vocab_size)
+  place = lambda x: jax.device_put(x.astype(np.int32), batch_sharding)
+  return _batched_scorer(f"ar:{os.path.abspath(workdir)}@{step}",
+                         lambda x: np.asarray(log_probs(params, place(x)), np.float64),
+                         lambda x: last_hidden(params, place(x)), vocab_size, batch_size)
 
 
 def gpt2_large_scorer(path: str, batch_size: int = 8, device: str | None = None) -> Scorer:
@@ -176,15 +180,8 @@ def gpt2_large_scorer(path: str, batch_size: int = 8, device: str | None = None)
       ids = torch.as_tensor(x[:, :context], dtype=torch.long, device=device)
       return model.transformer(ids).last_hidden_state[:, -1].float().cpu().numpy()
 
-  def run(fn, tokens):
-    tokens = _tokens_2d(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= gpt2_tokenizer.VOCAB_SIZE):
-      raise ValueError(f"GPT-2 token ids must lie in [0, {gpt2_tokenizer.VOCAB_SIZE}); got "
-                       f"[{tokens.min()}, {tokens.max()}]")
-    return _in_batches(fn, tokens, batch_size)
-
-  return Scorer(f"gpt2-large:{os.path.abspath(path)}", lambda t: run(log_probs, t), lambda t: run(last_hidden, t),
-                gpt2_tokenizer.VOCAB_SIZE)
+  return _batched_scorer(f"gpt2-large:{os.path.abspath(path)}", log_probs, last_hidden, gpt2_tokenizer.VOCAB_SIZE,
+                         batch_size, "GPT-2 token ids")
 
 
 def load_scorer(gpt2_large_path: str | None = None, ar_config: ml_collections.ConfigDict | None = None,

@@ -9,15 +9,14 @@ mean, a band of +- one standard deviation where there are several seeds).
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import math
 import os
 
 import numpy as np
 
+from md4_jax.evaluation import tables
 from md4_jax.training import atomic
 from md4_jax.sweeps.sweep_spec import RESERVED, Member
 
@@ -81,7 +80,7 @@ def member_row(root: str, member: Member, num_steps: int) -> dict:
       quality = json.load(f).get("metrics", {})
   except (FileNotFoundError, json.JSONDecodeError):
     pass
-  return {"name": member.name, **{k: v for k, v in member.overrides.items()}, "status": status, "steps": done,
+  return {"name": member.name, **member.overrides, "status": status, "steps": done,
           "num_steps": num_steps, "bpt": last.get(EVAL_KEY), "bpt_stderr": last.get(STDERR_KEY),
           "best_bpt": min((r[EVAL_KEY] for r in evals), default=None), "wall_s": record.get("wall_s"),
           **quality, "curve": [(int(r["step"]), r[EVAL_KEY]) for r in evals]}
@@ -123,53 +122,36 @@ def _columns(rows: list[dict], swept: list[str]) -> list[str]:
   return fixed + extra
 
 
-def markdown(title: str, rows: list[dict], groups: list[dict], swept: list[str]) -> str:
-  columns = _columns(rows, swept)
+def markdown(title: str, rows: list[dict], groups: list[dict], columns: list[str]) -> str:
   lines = [f"# {title}", "", "bpt: the last validation bits per token (EMA parameters); best_bpt: the lowest "
-           "logged; wall_s: the sweep's measured run time.", "", "| " + " | ".join(columns) + " |",
-           "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(_fmt(r.get(c), 1 if c == "wall_s" else 4) for c in columns) + " |" for r in rows]
+           "logged; wall_s: the sweep's measured run time.", ""]
+  cells = [[_fmt(r.get(c), 1 if c == "wall_s" else 4) for c in columns] for r in rows]
+  lines += tables.markdown_lines(columns, cells)
   lines += ["", "## Settings (seeds grouped)", "", "| setting | mean bpt | std | n / seeds | |", "|---|---|---|---|---|"]
   lines += [f"| {g['setting']} | {_fmt(g['mean'])} | {_fmt(g['std'])} | {g['n']} / {g['seeds']} | "
             f"{'**best**' if g['best'] else ''} |" for g in groups]
   return "\n".join(lines) + "\n"
 
 
-def csv_text(rows: list[dict], swept: list[str]) -> str:
-  out = io.StringIO()
-  writer = csv.DictWriter(out, _columns(rows, swept), extrasaction="ignore", lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows)
-  return out.getvalue()
-
-
 def plot(groups: list[dict], path: str, title: str) -> bool:
   """Validation curves, one line per setting (seed mean over the steps all its seeds logged, +- std band);
   False if matplotlib is missing or nothing was evaluated."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  plt = tables.pyplot()
+  drawable = []  # (group, the steps all its seeds logged)
+  for g in groups:
+    common = sorted(set.intersection(*[{s for s, _ in c} for c in g["curves"]])) if g["curves"] else []
+    if common:
+      drawable.append((g, common))
+  if plt is None or not drawable:
     return False
   fig, ax = plt.subplots(figsize=(8, 5))
-  drawn = False
-  for g in groups:
-    if not g["curves"]:
-      continue
-    common = sorted(set.intersection(*[{s for s, _ in c} for c in g["curves"]]))
-    if not common:
-      continue
+  for g, common in drawable:
     values = np.array([[dict(c)[s] for s in common] for c in g["curves"]])  # [seeds, steps]
     mean = values.mean(axis=0)
     line, = ax.plot(common, mean, marker="o", label=g["setting"] + (" (best)" if g["best"] else ""))
     if values.shape[0] > 1:
       std = values.std(axis=0, ddof=1)
       ax.fill_between(common, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    drawn = True
-  if not drawn:
-    plt.close(fig)
-    return False
   ax.set_xlabel("training step")
   ax.set_ylabel("validation bits per token")
   ax.set_title(title)
@@ -183,8 +165,8 @@ def write(root: str, members: list[Member], num_steps: dict[str, int], title: st
   """Writes ROOT/report.{md,csv,png} (the png if matplotlib is there); returns the member rows."""
   rows = [member_row(root, m, num_steps[m.name]) for m in members]
   groups = group_by_setting(members, rows)
-  swept = list(dict.fromkeys(k for m in members for k in m.overrides))
-  atomic.write(os.path.join(root, "report.md"), markdown(title, rows, groups, swept))
-  atomic.write(os.path.join(root, "report.csv"), csv_text(rows, swept))
+  columns = _columns(rows, list(dict.fromkeys(k for m in members for k in m.overrides)))
+  atomic.write(os.path.join(root, "report.md"), markdown(title, rows, groups, columns))
+  atomic.write(os.path.join(root, "report.csv"), tables.csv_text(rows, columns))
   plot(groups, os.path.join(root, "report.png"), title)
   return rows
