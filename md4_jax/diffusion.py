@@ -20,10 +20,6 @@ DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 Integrand = Callable[[jax.Array], jax.Array]
 
 
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
 def reverse_broadcast(a: jax.Array, ndim: int) -> jax.Array:
   """[B] -> [B, 1, ..., 1] with `ndim` dimensions in all (a per-example value over its tokens)."""
   return a.reshape(a.shape + (1,) * (ndim - a.ndim))
@@ -46,7 +42,7 @@ def mask_tokens(key: jax.Array, x: jax.Array, alpha_t: jax.Array, mask_id: int) 
   Returns:
     z_t: int32 [B, *S].
   """
-  if _is_concrete(x) and x.size:
+  if not isinstance(x, jax.core.Tracer) and x.size:
     x_np = np.asarray(x)  # numpy, not jnp: a jnp reduction inside a trace would give a tracer
     if x_np.min() < 0 or x_np.max() >= mask_id:
       raise ValueError(f"data tokens must lie in [0, {mask_id}) with mask id {mask_id} outside the "
@@ -98,6 +94,16 @@ def reconstruction_nats(schedule_eps: float, num_tokens: int, vocab_size: int) -
   return num_tokens * schedule_eps * math.log(vocab_size)
 
 
+def _nelbo(denoise_fn: DenoiseFn, key: jax.Array, x: jax.Array, schedule: MaskingSchedule, t: jax.Array,
+           coeff: jax.Array) -> jax.Array:
+  """coeff [B] times sum_{masked n} log mu^n[x^n] at times t [B], plus the reconstruction term: [B] nats."""
+  coeff = reverse_broadcast(coeff, x.ndim)
+  term, _ = diffusion_term(denoise_fn, key, x, t, schedule.alpha(t),
+                           lambda log_probs: coeff * log_prob_of(log_probs, x))
+  num_tokens = math.prod(x.shape[1:])
+  return term + reconstruction_nats(schedule.eps, num_tokens, denoiser_vocab_size(denoise_fn, x))
+
+
 def continuous_nelbo(denoise_fn: DenoiseFn, key: jax.Array, x: jax.Array,
                      schedule: MaskingSchedule, antithetic: bool = True) -> jax.Array:
   """Per-example continuous-time NELBO in nats (MD4 eq. 4/5 + reconstruction), shape [B].
@@ -108,11 +114,7 @@ def continuous_nelbo(denoise_fn: DenoiseFn, key: jax.Array, x: jax.Array,
   """
   key_t, key_mask = jax.random.split(key)
   t = sample_times(key_t, x.shape[0], antithetic)
-  weight_t = reverse_broadcast(schedule.weight(t), x.ndim)
-  term, _ = diffusion_term(denoise_fn, key_mask, x, t, schedule.alpha(t),
-                           lambda log_probs: weight_t * log_prob_of(log_probs, x))
-  num_tokens = math.prod(x.shape[1:])
-  return term + reconstruction_nats(schedule.eps, num_tokens, denoiser_vocab_size(denoise_fn, x))
+  return _nelbo(denoise_fn, key_mask, x, schedule, t, schedule.weight(t))
 
 
 def discrete_nelbo(denoise_fn: DenoiseFn, key: jax.Array, x: jax.Array,
@@ -129,11 +131,7 @@ def discrete_nelbo(denoise_fn: DenoiseFn, key: jax.Array, x: jax.Array,
   t = jnp.minimum(jnp.floor(u * num_steps) + 1.0, num_steps) / num_steps
   s = t - 1.0 / num_steps
   coeff = num_steps * (schedule.alpha(t) - schedule.alpha(s)) / schedule.one_minus_alpha(t)  # [B] <= 0
-  coeff = reverse_broadcast(coeff, x.ndim)
-  term, _ = diffusion_term(denoise_fn, key_mask, x, t, schedule.alpha(t),
-                           lambda log_probs: coeff * log_prob_of(log_probs, x))
-  num_tokens = math.prod(x.shape[1:])
-  return term + reconstruction_nats(schedule.eps, num_tokens, denoiser_vocab_size(denoise_fn, x))
+  return _nelbo(denoise_fn, key_mask, x, schedule, t, coeff)
 
 
 def bits_per_token(nats: jax.Array, num_tokens: int) -> jax.Array:

@@ -113,19 +113,19 @@ def sampler_functions(graphdef, params, objective: objectives.Objective, cond: j
   """The keyword arguments of the sampler call besides key, z_init and config: denoise_fn, and where they apply
   head_fn (the head at drawn positions), guide (D-CBG rows) and genmd4_w."""
   w = nnx.merge(graphdef, params).genmd4_w
+  denoise_fn = denoiser(graphdef, params, cond)  # cond is None under 'cbg'
+  if guide.kind == "cfg" and guide.gamma != 1:  # gamma = 1 is the conditional model itself: one call per step
+    return {"denoise_fn": guidance.cfg_denoiser(denoise_fn, denoiser(graphdef, params), guide.gamma), "genmd4_w": w}
+  out = {}
   if guide.kind == "cbg":  # the classifier's log p(y | z_t, t) [B, C] as a function of (z_t [B, L], t [B])
     classify = jax.tree_util.Partial(_model_fns(guide.classifier[0])[3], guide.classifier[1])
-  if guide.kind == "cfg" and guide.gamma != 1:  # gamma = 1 is the conditional model itself: one call per step
-    cfg = guidance.cfg_denoiser(denoiser(graphdef, params, cond), denoiser(graphdef, params), guide.gamma)
-    return {"denoise_fn": cfg, "genmd4_w": w}
-  if guide.kind == "cbg" and w is not None:  # the sampler's D-CBG rows do not combine with genmd4_w
-    cbg = guidance.cbg_denoiser(denoiser(graphdef, params), classify, label, guide.gamma)
-    return {"denoise_fn": cbg, "genmd4_w": w}
-  out = {"guide": guidance.cbg_guide(classify, label, guide.gamma)} if guide.kind == "cbg" else {}
+    if w is not None:  # the sampler's D-CBG rows do not combine with genmd4_w
+      return {"denoise_fn": guidance.cbg_denoiser(denoise_fn, classify, label, guide.gamma), "genmd4_w": w}
+    out["guide"] = guidance.cbg_guide(classify, label, guide.gamma)
   factored = factored_denoiser(graphdef, params, cond) if objective.head_at_drawn else None
   if factored:
     return {**out, "denoise_fn": factored[0], "head_fn": factored[1]}
-  return {**out, "denoise_fn": denoiser(graphdef, params, cond), "genmd4_w": w}
+  return {**out, "denoise_fn": denoise_fn, "genmd4_w": w}
 
 
 def auto_batch_size(batch_size: int, num_samples: int, devices: int) -> int:
@@ -158,8 +158,7 @@ def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init
   """
   model = nnx.merge(graphdef, params)
   objective = objectives.get(model.diffusion_config.objective)
-  objective.check_samplable(sampler_config.name)
-  sampling.validate_config(sampler_config)
+  objective.check_samplable(sampler_config.name)  # the config itself is validated by the sampler
   num_samples, mask_id = z_init.shape[0], model.vocab_size
   batch_size = auto_batch_size(batch_size, num_samples, mesh.size)
   if label is not None and not 0 <= label < model.num_classes:

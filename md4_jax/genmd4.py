@@ -76,8 +76,7 @@ def sample_times(key: jax.Array, batch_size: int, antithetic: bool, t1: float) -
 
 def _at_data(values: jax.Array, x: jax.Array) -> jax.Array:
   """values [B, *1, V] (or [V]) read at the data tokens x [B, *S] -> [B, *S]."""
-  return jnp.take_along_axis(jnp.broadcast_to(values, x.shape + values.shape[-1:]),
-                             x[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return diffusion.log_prob_of(jnp.broadcast_to(values, x.shape + values.shape[-1:]), x)
 
 
 def _integrand(gamma_v: jax.Array, x: jax.Array):

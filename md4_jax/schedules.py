@@ -86,25 +86,25 @@ class MaskingSchedule:
   params: tuple = ()  # (k,) for poly, (beta_min, beta_max) for geometric
 
   def base(self, t: jax.Array):
-    return _BASES[self.name](t, *self.params)
+    """(a(t), 1 - a(t), a'(t)) of the un-shifted base, each the shape of t (checked to lie in [0, 1])."""
+    check_times(t)
+    return _BASES[self.name](jnp.asarray(t), *self.params)
+
+  def shift(self, a: jax.Array) -> jax.Array:
+    """(1 - 2 eps) a + eps: alpha from a(t), or 1 - alpha from 1 - a(t)."""
+    return (1.0 - 2.0 * self.eps) * a + self.eps
 
   def alpha(self, t: jax.Array) -> jax.Array:
     """alpha(t), same shape as t."""
-    check_times(t)
-    a, _, _ = self.base(jnp.asarray(t))
-    return (1.0 - 2.0 * self.eps) * a + self.eps
+    return self.shift(self.base(t)[0])
 
   def one_minus_alpha(self, t: jax.Array) -> jax.Array:
     """1 - alpha(t) without cancellation."""
-    check_times(t)
-    _, one_minus_a, _ = self.base(jnp.asarray(t))
-    return (1.0 - 2.0 * self.eps) * one_minus_a + self.eps
+    return self.shift(self.base(t)[1])
 
   def dalpha(self, t: jax.Array) -> jax.Array:
     """d alpha / dt, same shape as t (<= 0)."""
-    check_times(t)
-    _, _, da = self.base(jnp.asarray(t))
-    return (1.0 - 2.0 * self.eps) * da
+    return (1.0 - 2.0 * self.eps) * self.base(t)[2]
 
   def weight(self, t: jax.Array) -> jax.Array:
     """dalpha(t) / (1 - alpha(t)): the continuous-time ELBO weight (MD4 eq. 4), <= 0."""
@@ -122,16 +122,13 @@ def make_schedule(name: str, eps: float = 1e-4, *, beta_min: float = 1e-5,
   """
   if not 0.0 <= eps < 0.5:
     raise ValueError(f"eps must lie in [0, 0.5); got {eps}")
-  if name == "linear":
-    return MaskingSchedule("linear", eps)
-  if name == "cosine":
-    return MaskingSchedule("cosine", eps)
+  if name in ("linear", "cosine"):
+    return MaskingSchedule(name, eps)
   if name == "geometric":
     if not 0.0 < beta_min < beta_max:
       raise ValueError(f"geometric needs 0 < beta_min < beta_max; got {beta_min}, {beta_max}")
     return MaskingSchedule("geometric", eps, (float(beta_min), float(beta_max)))
   match = _POLY.match(name) if isinstance(name, str) else None
   if match and float(match.group(1)) > 0:
-    k = float(match.group(1))
-    return MaskingSchedule("poly", eps, (k,))
+    return MaskingSchedule("poly", eps, (float(match.group(1)),))
   raise ValueError(f"unknown masking schedule {name!r}; valid: {', '.join(VALID_NAMES)}")

@@ -89,7 +89,7 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
   frozen = validate_config(config)
   schedule = make_schedule(frozen.schedule, frozen.eps)
   z_init = jnp.asarray(z_init, jnp.int32)
-  vocab_size = jax.eval_shape(denoise_fn, z_init, jax.ShapeDtypeStruct(z_init.shape[:1], jnp.float32)).shape[-1]
+  vocab_size = diffusion.denoiser_vocab_size(denoise_fn, z_init)
   fixed = z_init != vocab_size
   key_init, key_steps = jax.random.split(key)
   z = jnp.where(fixed, z_init, jax.random.randint(key_init, z_init.shape, 0, vocab_size, jnp.int32))

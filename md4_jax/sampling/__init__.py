@@ -52,20 +52,18 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
   if not jnp.issubdtype(z_init.dtype, jnp.integer) or z_init.ndim < 2:
     raise ValueError(f"z_init must be an int array [B, ...]; got {z_init.dtype} of shape {z_init.shape}")
   z_init = z_init.astype(jnp.int32)
-  if not isinstance(denoise_fn, jax.tree_util.Partial):
-    denoise_fn = jax.tree_util.Partial(denoise_fn)
+  # Partials, so that their bound arguments (parameters) are traced arguments of the jitted loop.
+  denoise_fn, head_fn, guide = (fn if fn is None or isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+                                for fn in (denoise_fn, head_fn, guide))
   out = jax.eval_shape(denoise_fn, z_init, jax.ShapeDtypeStruct(z_init.shape[:1], jnp.float32))
   out_dim = vocab_size = out.shape[-1]
   if head_fn is not None:
     if genmd4_w is not None:
       raise ValueError("head_fn (the head at drawn positions) cannot serve genmd4_w, which needs every prediction")
-    if not isinstance(head_fn, jax.tree_util.Partial):
-      head_fn = jax.tree_util.Partial(head_fn)
     vocab_size = jax.eval_shape(head_fn, jax.ShapeDtypeStruct((1, out_dim), out.dtype)).shape[-1]
   if out.shape != z_init.shape + (out_dim,):
-    what = "features" if head_fn is not None else "log-probs"
-    raise ValueError(f"denoise_fn must map z_t {z_init.shape} to {what} {z_init.shape + ('F' if head_fn is not None else 'V',)}; "
-                     f"got {out.shape}")
+    what, last = ("features", "F") if head_fn is not None else ("log-probs", "V")
+    raise ValueError(f"denoise_fn must map z_t {z_init.shape} to {what} {z_init.shape + (last,)}; got {out.shape}")
   if not isinstance(z_init, jax.core.Tracer):
     lo, hi = int(jnp.min(z_init)), int(jnp.max(z_init))
     if lo < 0 or hi > vocab_size:
@@ -78,12 +76,9 @@ def sample(denoise_fn, key: jax.Array, z_init: jax.Array, config: ml_collections
       raise ValueError(f"genmd4_w must have shape ({vocab_size},); got {genmd4_w.shape}")
     if not isinstance(genmd4_w, jax.core.Tracer) and not bool(jnp.all(genmd4_w > 0)):
       raise ValueError("genmd4_w must be > 0 everywhere")
-  if guide is not None:
-    if genmd4_w is not None or z_init.ndim != 2:
-      raise ValueError("guide needs sequence data z_init [B, N] and no genmd4_w (use guidance.cbg_denoiser there); "
-                       f"got z_init of shape {z_init.shape}" + (" and genmd4_w" if genmd4_w is not None else ""))
-    if not isinstance(guide, jax.tree_util.Partial):
-      guide = jax.tree_util.Partial(guide)
+  if guide is not None and (genmd4_w is not None or z_init.ndim != 2):
+    raise ValueError("guide needs sequence data z_init [B, N] and no genmd4_w (use guidance.cbg_denoiser there); "
+                     f"got z_init of shape {z_init.shape}" + (" and genmd4_w" if genmd4_w is not None else ""))
   plan = make_plan(static_config)
   if (plan.t.shape[0] + 2) * (z_init.size // z_init.shape[0]) >= 2**32:
     raise ValueError(f"(steps + 2) * positions per example must stay below 2^32 (random counters); got "

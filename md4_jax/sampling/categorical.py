@@ -167,15 +167,14 @@ def race(log_w: jax.Array, bits: jax.Array) -> jax.Array:
   return (group * size + jnp.argmax(inside - log_e[:, groups:], axis=-1)).astype(jnp.int32)
 
 
-def redraw(fired, clocks, rows_of, seeds, step, capacity: int, transform=None, row_bias=None):
+def redraw(fired, clocks, rows_of, seeds, step, capacity: int, transform=None):
   """Fresh clocks, and tokens drawn from the rows of log-weights, at the fired positions only.
 
   fired [M] bool, clocks [M] float32, rows_of(idx [K]) -> log-weights [K, V] of flat positions idx (a gather
-  from [M, V], or a vocabulary head applied to gathered features), or None (clocks only); M = B * N row-major
-  over the examples, seeds [B, 2] (`row_seeds`). Position idx uses `position_words`: two words for its clock,
-  2 (G + C) for its race. row_bias(idx [K]) -> [K, V] log-weights added to the gathered rows first (guidance
-  computed only where a token is drawn), or None. `transform` then maps the rows [K, V] -> log-weights
-  (temperature, top-p); None uses them as they are.
+  from [M, V], or a vocabulary head applied to gathered features, plus guidance computed only where a token is
+  drawn), or None (clocks only); M = B * N row-major over the examples, seeds [B, 2] (`row_seeds`). Position
+  idx uses `position_words`: two words for its clock, 2 (G + C) for its race. `transform` maps the rows [K, V]
+  -> log-weights (temperature, top-p); None uses them as they are.
   Returns clocks [M], tokens [M] int32 and the drawn token's probability under the transformed, normalised row,
   probs [M] float32 (tokens and probs 0 where not fired).
   """
@@ -192,8 +191,6 @@ def redraw(fired, clocks, rows_of, seeds, step, capacity: int, transform=None, r
     if rows_of is None:
       return clocks, tokens, probs
     rows = rows_of(safe)  # [K, V]
-    if row_bias is not None:
-      rows = rows + row_bias(safe)
     if transform is not None:
       rows = transform(rows)
     tok = race(rows, bits[:, 1:])
@@ -204,13 +201,12 @@ def redraw(fired, clocks, rows_of, seeds, step, capacity: int, transform=None, r
   return for_selected(fired, capacity, body, init)
 
 
-def argmax_at(select, rows_of, capacity: int, row_bias=None):
-  """argmax over V of rows_of(idx) (+ row_bias(idx)) [K, V] at the selected positions select [M]; int32 [M]."""
+def argmax_at(select, rows_of, capacity: int):
+  """argmax over V of rows_of(idx) [K, V] at the selected positions select [M]; int32 [M]."""
   m = select.shape[0]
 
   def body(idx, tokens):
-    safe = jnp.minimum(idx, m - 1)
-    rows = rows_of(safe) if row_bias is None else rows_of(safe) + row_bias(safe)
+    rows = rows_of(jnp.minimum(idx, m - 1))
     return tokens.at[idx].set(jnp.argmax(rows, axis=-1).astype(jnp.int32), mode="drop")
 
   return for_selected(select, capacity, body, jnp.zeros((m,), jnp.int32))

@@ -88,11 +88,9 @@ def remdm_grid(config: SamplerConfig) -> Grid:
 
 
 def step_times(config: SamplerConfig) -> tuple[np.ndarray, np.ndarray]:
-  """(t, s), float64 [T] each, decreasing from t = 1 to s = 0 (grid 'remdm': to 1e-5)."""
+  """(t, s), float64 [T] each, decreasing from t = 1 to s = 0 (grids 'uniform' and 'cosine'; 'dfm' widths)."""
   if config.name == "dfm":
     return dfm_times(config.num_steps, config.dfm_scale)
-  if config.grid == "remdm":
-    return remdm_times(config.num_steps)
   steps = config.num_steps
   i = np.arange(steps, dtype=np.float64)
   t, s = (steps - i) / steps, (steps - i - 1) / steps
@@ -147,9 +145,8 @@ def make_grid(config: SamplerConfig) -> Grid:
   if config.name == "remdm" and config.strategy == "loop":
     args = (config.t_on, config.t_off, config.alpha_on)
     base_t, base_s = loop_base_alpha(t, *args), loop_base_alpha(s, *args)
-    shift = 1.0 - 2.0 * config.eps
-    alpha_t, alpha_s = shift * base_t + config.eps, shift * base_s + config.eps
-    one_minus_t, one_minus_s = shift * (1.0 - base_t) + config.eps, shift * (1.0 - base_s) + config.eps
+    alpha_t, alpha_s = schedule.shift(base_t), schedule.shift(base_s)
+    one_minus_t, one_minus_s = schedule.shift(1.0 - base_t), schedule.shift(1.0 - base_s)
     loop_step = (t <= config.t_on) & (s >= config.t_off)
     t_model = _schedule_time(schedule, base_t)
   else:

@@ -146,20 +146,21 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, head_fn, static: S
     logp = jax.lax.cond(valid, lambda: state.cache, lambda: denoise_fn(state.z, t_batch).astype(jnp.float32))
     return logp, state.replace(nfe=state.nfe + (~valid).astype(jnp.int32), cache=logp, cache_z=state.z)
 
-  def bias_at(z, t):
-    """The guide's row_bias for tokens drawn from z at time t, or None without a guide."""
-    t_batch = jnp.full((batch,), t, jnp.float32)
-    return None if guide is None else lambda idx: guide(z.reshape(batch, -1), t_batch, idx, mask_id)
-
-  def rows_of(out, head=head_fn):
-    """idx [K] -> log-probs [K, V] from the denoiser output [B, ..., V or F] (through the head if any)."""
+  def rows_of(out, z, t):
+    """idx [K] -> log-probs [K, V] from the denoiser output [B, ..., V or F] (through the head if any), plus the
+    guide's log-weights for tokens drawn from z at time t (scalar) if there is a guide."""
     flat = out.reshape(m, -1)
-    return (lambda idx: flat[idx]) if head is None else (lambda idx: head(flat[idx]).astype(jnp.float32))
+    t_batch = jnp.full((batch,), t, jnp.float32)
 
-  def redraw(fired, clock, rows, step, rows_transform, row_bias=None):
+    def rows(idx):
+      logp = flat[idx] if head_fn is None else head_fn(flat[idx]).astype(jnp.float32)
+      return logp if guide is None else logp + guide(z.reshape(batch, -1), t_batch, idx, mask_id)
+
+    return rows
+
+  def redraw(fired, clock, rows, step, rows_transform):
     """categorical.redraw on [B, ...] arrays: fresh clocks, and tokens if rows (rows_of) are given."""
-    out = categorical.redraw(fired.reshape(m), clock.reshape(m), rows, seeds, step, capacity, rows_transform,
-                             row_bias)
+    out = categorical.redraw(fired.reshape(m), clock.reshape(m), rows, seeds, step, capacity, rows_transform)
     return tuple(a.reshape(shape) for a in out)
 
   def step(state, xs):
@@ -186,10 +187,10 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, head_fn, static: S
       clock = redraw(remask, clock, None, i, None)[0]
 
     def with_draw(state, clock):
-      if log_w is not None:
-        return (state,) + redraw(unmask, clock, rows_of(log_w, None), i, None)
+      if log_w is not None:  # GenMD4: no head_fn, no guide
+        return (state,) + redraw(unmask, clock, rows_of(log_w, state.z, p.t_model), i, None)
       out, state = denoise(state, p.t_model)
-      return (state,) + redraw(unmask, clock, rows_of(out), i, transform, bias_at(state.z, p.t_model))
+      return (state,) + redraw(unmask, clock, rows_of(out, state.z, p.t_model), i, transform)
 
     def without_draw(state, clock):
       return state, clock, jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.float32)
@@ -218,11 +219,10 @@ def run(denoise_fn, key, z_init, plan: Plan, genmd4_w, guide, head_fn, static: S
     out, state = denoise(state, static.t_final)
     if static.final == "argmax" and guide is None and head_fn is None:
       return state, jnp.argmax(out, axis=-1).astype(jnp.int32)
+    rows = rows_of(out, state.z, static.t_final)
     if static.final == "argmax":
-      return state, categorical.argmax_at(remaining.reshape(m), rows_of(out), capacity,
-                                          bias_at(state.z, static.t_final)).reshape(shape)
-    return state, redraw(remaining, state.clock, rows_of(out), num_steps, transform,
-                         bias_at(state.z, static.t_final))[1]
+      return state, categorical.argmax_at(remaining.reshape(m), rows, capacity).reshape(shape)
+    return state, redraw(remaining, state.clock, rows, num_steps, transform)[1]
 
   state, tokens = jax.lax.cond(jnp.any(remaining), fill, lambda st: (st, jnp.zeros(shape, jnp.int32)), state)
   z = jnp.where(remaining, tokens, state.z)

@@ -37,16 +37,13 @@ def sigma_max(grid: Grid) -> np.ndarray:
 
 def step_sigma(config: SamplerConfig, grid: Grid) -> np.ndarray:
   """sigma_t per step, float64 [T]; for 'conf' the base eta * sigma_max that eta_conf^l distributes."""
-  bound = sigma_max(grid)
-  d_alpha = grid.alpha_s - grid.alpha_t
-  safe_alpha_t = np.where(grid.alpha_t > 0.0, grid.alpha_t, 1.0)
   if config.name in ("ancestral", "euler"):
     return np.zeros_like(grid.t)
-  if config.name == "fb":
-    sigma = np.where(grid.alpha_t > 0.0, d_alpha / safe_alpha_t, 1.0)
-  elif config.name == "dfm":
-    beta = config.dfm_scale * grid.t**0.25 * (1.0 - grid.t)**0.25
-    sigma = np.where(grid.alpha_t > 0.0, beta * d_alpha / safe_alpha_t, 1.0)
+  bound = sigma_max(grid)
+  if config.name in ("fb", "dfm"):  # beta_t (alpha_s - alpha_t) / alpha_t, beta_t = 1 for 'fb'
+    beta = config.dfm_scale * grid.t**0.25 * (1.0 - grid.t)**0.25 if config.name == "dfm" else 1.0
+    safe_alpha_t = np.where(grid.alpha_t > 0.0, grid.alpha_t, 1.0)
+    sigma = np.where(grid.alpha_t > 0.0, beta * (grid.alpha_s - grid.alpha_t) / safe_alpha_t, 1.0)
   elif config.strategy == "cap":
     sigma = np.minimum(config.eta, bound)
   elif config.strategy in ("rescale", "conf"):
