@@ -5,7 +5,7 @@ r"""Sampling a converted MDLM DiT on this machine: seconds per step, denoiser ca
 
 Setting: a random checkpoint of MDLM's DiT in the PyTorch layout (`--size`: mdlm_dit.MDLM_DIT_SIZES, V = 50257 + mask)
 written as a bare .safetensors state dict and converted with md4_jax.convert, as a user converts a release; then
-sampled as the binaries sample (sample_lib.generate: the head only where tokens are drawn) with the workdir's
+sampled as the binaries sample (md4_jax.generate.generate: the head only where tokens are drawn) with the workdir's
 sampler, the exact ReMDM reproduction setting (ReMDM loop, eta 0.02, grid 'remdm', top-p 0.9 'remdm_sort',
 caching), at L = 1024, T = 64, all masks at the start, float32 compute. Each batch size runs in a process of its
 own: the first run compiles, the second is timed; peak memory is the process's peak resident set (ru_maxrss:
@@ -55,17 +55,19 @@ def one_run(workdir: str, batch: int, steps: int) -> dict:
   """Compile run + timed run of the workdir's sampler at batch `batch` (this process)."""
   import jax  # pylint: disable=g-import-not-at-top
   from md4_jax.training import experiment, run_config  # pylint: disable=g-import-not-at-top
-  from md4_jax import sample_lib
+  from md4_jax import generate  # pylint: disable=g-import-not-at-top
   config = run_config.load(workdir)
   config.model.network.dtype = "float32"
   config.mesh.data, config.mesh.fsdp = 1, 1
   config.sampler.num_steps = steps
   restored = experiment.restore_ema(config, workdir)
   z_init = np.full((batch, config.data.seq_len), restored.exp.info.vocab_size, np.int32)
+  draw = lambda seed: generate.generate(restored.exp.graphdef, restored.params, config.sampler, z_init,
+                                       jax.random.key(seed), mesh=restored.exp.mesh, batch_size=batch)
   start = time.perf_counter()
-  sample_lib.generate(restored, config.sampler, z_init, jax.random.key(0), batch_size=batch)
+  draw(0)
   first = time.perf_counter() - start
-  tokens, stats = sample_lib.generate(restored, config.sampler, z_init, jax.random.key(1), batch_size=batch)
+  tokens, stats = draw(1)
   assert tokens.max() < restored.exp.info.vocab_size
   peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB
   return {"batch": batch, "steps": steps, "step_s": stats["wall_s"] / steps, "nfe": stats["nfe"],

@@ -35,7 +35,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import ml_collections  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from md4_jax import convert, mdlm_weights, sample_lib, sampling  # noqa: E402
+from md4_jax import convert, generate, mdlm_weights, sampling  # noqa: E402
 from md4_jax.training import experiment, run_config
 from md4_jax.evaluation import quality
 from md4_jax.data import gpt2_tokenizer  # noqa: E402
@@ -142,7 +142,8 @@ def main() -> None:
     restored = experiment.restore_ema(config, args.workdir)
     scorer = quality.gpt2_large_scorer(args.gpt2_large) if args.gpt2_large else None
     references = np.load(args.references) if args.references else None
-    batch_size = sample_lib.auto_batch_size(args.batch_size, args.num_samples, restored.exp.mesh.size)
+    reference_features = scorer.features(references) if scorer is not None and references is not None else None
+    batch_size = generate.auto_batch_size(args.batch_size, args.num_samples, restored.exp.mesh.size)
     z_init = np.full((args.num_samples, config.data.seq_len), restored.exp.info.vocab_size, np.int32)
     results, rate = [], None  # rate: seconds per (sample x step) of the last run
     for t in steps:
@@ -150,13 +151,14 @@ def main() -> None:
         if rate is not None and time.time() - start + rate * args.num_samples * t > args.time_limit:
           print(f"{method} T={t}: skipped (would pass --time_limit={args.time_limit:.0f}s)", flush=True)
           continue
-        tokens, stats = sample_lib.generate(restored, sampler, z_init, jax.random.key(args.seed),
-                                            batch_size=batch_size, progress=f"{method} T={t}")
+        tokens, stats = generate.generate(restored.exp.graphdef, restored.params, sampler, z_init,
+                                          jax.random.key(args.seed), mesh=restored.exp.mesh, batch_size=batch_size,
+                                          progress=f"{method} T={t}")
         rate = stats["wall_s"] / (args.num_samples * t)
         row = {"method": method, "steps": t, "samples_per_s": args.num_samples / stats["wall_s"], "nfe": stats["nfe"],
                "peak_gib": peak_gib(), "entropy": float(quality.entropy(tokens).mean())}
         if scorer is not None:
-          row.update(quality.text_quality(tokens, scorer, references, eos_id=gpt2_tokenizer.EOS_ID))
+          row.update(quality.text_quality(tokens, scorer, reference_features, eos_id=gpt2_tokenizer.EOS_ID))
         results.append(row)
         print(json.dumps(row), flush=True)
   print(f"\n{table(results, steps)}\n\n{args.num_samples} samples of L = {config.data.seq_len} per run, batch "

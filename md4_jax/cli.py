@@ -139,3 +139,8 @@ def run(argv: list[str], doc: str, define: Callable, body: Callable, *, verbosit
   except (ValueError, OSError, ImportError, FloatingPointError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     return 1
+
+
+def entry(main: Callable[[list[str]], int]) -> Callable[[], None]:
+  """The console entry point (setup.cfg) and `python -m` body of a binary: sys.exit(main(sys.argv))."""
+  return lambda: sys.exit(main(sys.argv))

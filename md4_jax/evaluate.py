@@ -92,9 +92,7 @@ def _evaluate(f, config: ml_collections.ConfigDict) -> None:
       atomic.write(f.output, text)
 
 
-def cli() -> None:
-  """Console entry point (md4-evaluate) and `python -m md4_jax.evaluate`."""
-  sys.exit(main(sys.argv))
+cli = cli_lib.entry(main)  # console entry point (md4-evaluate) and `python -m md4_jax.evaluate`
 
 
 if __name__ == "__main__":

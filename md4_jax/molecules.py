@@ -242,9 +242,7 @@ def _evaluate(args, base: ml_collections.ConfigDict, config_path: str | None) ->
   print(open(os.path.join(args.out, 'results.md')).read())
 
 
-def run() -> None:
-  """Console entry point and `python -m md4_jax.molecules`."""
-  sys.exit(main(sys.argv))
+run = cli.entry(main)  # console entry point and `python -m md4_jax.molecules`
 
 
 if __name__ == '__main__':

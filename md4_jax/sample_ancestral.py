@@ -10,8 +10,8 @@ The run's config comes from WORKDIR/config.json; --config FILE is still accepted
 
 from __future__ import annotations
 
-import sys
 
+from md4_jax import cli
 from md4_jax import sample_lib
 
 
@@ -19,9 +19,7 @@ def main(argv: list[str]) -> int:
   return sample_lib.main(argv, sampler="ancestral")
 
 
-def run() -> None:
-  """Console entry point (md4-sample-ancestral) and `python -m md4_jax.sample_ancestral`."""
-  sys.exit(main(sys.argv))
+run = cli.entry(main)  # console entry point (md4-sample-ancestral) and `python -m md4_jax.sample_ancestral`
 
 
 if __name__ == "__main__":

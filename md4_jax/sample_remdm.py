@@ -9,8 +9,8 @@ Same flags and outputs as md4_jax.sample_ancestral; only the default sampler dif
 
 from __future__ import annotations
 
-import sys
 
+from md4_jax import cli
 from md4_jax import sample_lib
 
 
@@ -18,9 +18,7 @@ def main(argv: list[str]) -> int:
   return sample_lib.main(argv, sampler="remdm")
 
 
-def run() -> None:
-  """Console entry point (md4-sample-remdm) and `python -m md4_jax.sample_remdm`."""
-  sys.exit(main(sys.argv))
+run = cli.entry(main)  # console entry point (md4-sample-remdm) and `python -m md4_jax.sample_remdm`
 
 
 if __name__ == "__main__":

@@ -78,18 +78,6 @@ def for_scorer(config: ml_collections.ConfigDict, batch_size: int) -> ml_collect
   return config
 
 
-def _quality(tokens: np.ndarray, scorer: quality.Scorer | None, eos_id: int | None,
-             reference_features: np.ndarray | None) -> dict:
-  """Mean entropy, and with a scorer Gen PPL and (given reference features) MAUVE, of samples [N, *data_shape]."""
-  flat = tokens.reshape(tokens.shape[0], -1)
-  out = {"entropy": float(quality.entropy(flat).mean()), "gen_ppl": None, "mauve": None}
-  if scorer is not None:
-    out["gen_ppl"] = quality.gen_ppl(scorer.score, flat, eos_id)
-    if reference_features is not None:
-      out["mauve"] = quality.mauve_score(reference_features, scorer.features(flat), verbose=False)
-  return out
-
-
 def run_report(restored: experiment.Restored, bases: dict[str, ml_collections.ConfigDict], methods: list[str],
                steps: list[int], *, num_samples: int, batch_size: int, seed: int, output_dir: str,
                scorer: quality.Scorer | None = None, reference: np.ndarray | None = None,
@@ -100,13 +88,14 @@ def run_report(restored: experiment.Restored, bases: dict[str, ml_collections.Co
   info = restored.exp.info
   z_init = sample_lib.z_init_from_prompts(None, info, num_samples)
   eos_id = gpt2_tokenizer.EOS_ID if info.vocab_size == gpt2_tokenizer.VOCAB_SIZE else None
+  flat = lambda x: x.reshape(x.shape[0], -1)  # [N, *data_shape] -> [N, L]
   reference_features = None
   if mauve and scorer is not None and reference is not None:
-    reference_features = scorer.features(reference.reshape(reference.shape[0], -1))
+    reference_features = scorer.features(flat(reference))
   rows = []
   if reference is not None:
     rows.append({"method": "data", "num_steps": None, "nfe": None, "wall_s": None, "warmup_s": None,
-                 **_quality(reference, scorer, eos_id, None)})
+                 **quality.text_quality(flat(reference), scorer, None, eos_id)})
   for method in methods:
     for num_steps in steps:
       config = method_config(method, num_steps, bases["ancestral"], bases["remdm"])
@@ -119,7 +108,8 @@ def run_report(restored: experiment.Restored, bases: dict[str, ml_collections.Co
       tokens, stats = draw(z_init, progress=f"{method} T={num_steps}")
       generate.write_samples(os.path.join(output_dir, "samples", f"{method}_T{num_steps}"), tokens, info)
       rows.append({"method": method, "num_steps": num_steps, "nfe": stats["nfe"], "wall_s": stats["wall_s"],
-                   "warmup_s": warmup_s, **_quality(tokens, scorer, eos_id, reference_features)})
+                   "warmup_s": warmup_s, **quality.text_quality(flat(tokens), scorer, reference_features, eos_id,
+                                                         verbose=False)})
   return rows
 
 
@@ -276,9 +266,7 @@ def _report(fv, config: ml_collections.ConfigDict, loaded: ml_collections.Config
         " (no report.png: pip install matplotlib)"), flush=True)
 
 
-def run() -> None:
-  """Console entry point (md4-scaling-report) and `python -m md4_jax.scaling_report`."""
-  sys.exit(main(sys.argv))
+run = cli.entry(main)  # console entry point (md4-scaling-report) and `python -m md4_jax.scaling_report`
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def test_text_quality_reports_the_three_numbers(ar_checkpoint):
   scorer = quality.ar_scorer(config, workdir)
   rng = np.random.default_rng(2)
   samples, references = rng.integers(0, 27, (40, 32)), rng.integers(0, 27, (40, 32))
-  result = quality.text_quality(samples, scorer, references)
+  result = quality.text_quality(samples, scorer, scorer.features(references))
   assert result["gen_ppl"] == pytest.approx(27, rel=1e-6)
   assert result["entropy"] == pytest.approx(quality.entropy(samples).mean())
   assert 0 < result["mauve"] <= 1

@@ -217,12 +217,15 @@ def mauve_score(p_features, q_features, **kwargs) -> float:
   return float(mauve.compute_mauve(p_features=p, q_features=q, **kwargs).mauve)
 
 
-def text_quality(samples, scorer: Scorer, references=None, eos_id: int | None = None) -> dict[str, float | str]:
-  """ReMDM's three numbers for samples [B, L] in the scorer's vocabulary: mean entropy (nats), generative
-  perplexity, and MAUVE against `references` [M, L'] (only when given)."""
+def text_quality(samples, scorer: Scorer | None = None, reference_features=None, eos_id: int | None = None,
+                 **mauve_kwargs) -> dict[str, float | None]:
+  """ReMDM's three numbers for samples [B, L] (remdm.md §3.1): the mean entropy (nats); with a scorer, the
+  generative perplexity (eos_id: ReMDM's EOS mask) and, given the scorer's features of the references [M, D],
+  MAUVE (mauve_kwargs go to mauve_score). None where a number is not measured."""
   samples = _tokens_2d(samples)
-  result = {"scorer": scorer.name, "entropy": float(entropy(samples).mean()),
-            "gen_ppl": gen_ppl(scorer.score, samples, eos_id)}
-  if references is not None:
-    result["mauve"] = mauve_score(scorer.features(_tokens_2d(references)), scorer.features(samples))
+  result = {"entropy": float(entropy(samples).mean()), "gen_ppl": None, "mauve": None}
+  if scorer is not None:
+    result["gen_ppl"] = gen_ppl(scorer.score, samples, eos_id)
+    if reference_features is not None:
+      result["mauve"] = mauve_score(reference_features, scorer.features(samples), **mauve_kwargs)
   return result
