@@ -205,7 +205,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float)
           jax.block_until_ready(state)
           last["time/first_step_s"] = time.time() - start
           print(f"first step done {last['time/first_step_s']:.1f}s after start (compilation included)", flush=True)
-        if step % config.train.log_every == 0 or step == config.train.num_steps:
+        if _due(step, config.train.log_every, config.train.num_steps):
           _raise_if_nonfinite(state, manager)
           scalars = {f"train/{k}": float(v) / count for k, v in sums.items()}
           scalars["train/bits_per_token"] = float(
