@@ -173,25 +173,24 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float)
     compiling = pool.submit(compile_step)
     preflight.check(exp, eval_fn, workdir)
     manager = checkpoint.make_manager(workdir, config.train)
-    meta = checkpoint.fingerprint(config)
     found = checkpoint.restore_newest_intact(
-        manager, config, checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_sharding), meta)
-    latest = None if found is None else found[0]
+        manager, config, checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_sharding))
     if found is not None:  # resume from the newest intact checkpoint, or start fresh
-      _, state, data_state = found
+      latest, (state, data_state) = found
       train_data.set_state(data_state)
       print(f"resumed from {manager.directory}/{latest}", flush=True)
     else:
-      state = exp.init_state()
+      latest, state = 0, exp.init_state()
     if saved is None and jax.process_index() == 0:
       run_config.save(workdir, config)  # the resolved config: the workdir says what it holds
     step_fn = compiling.result()
   finally:
     pool.shutdown(wait=False)
 
-  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps, resume_step=latest or 0)
+  writer = metrics_lib.MetricWriter(workdir, config.train.num_steps, resume_step=latest)
   saver = checkpoint.Saver(manager)
   preemption = _Preemption(mesh)
+  meta = checkpoint.fingerprint(config)
   step = int(state.step)
   last = {}
   sums, count = None, 0
@@ -202,11 +201,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float)
         step += 1
         sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
         count += 1
-        if step == 1 or (latest is not None and step == latest + 1):
+        if step == latest + 1:  # this run's first step
           jax.block_until_ready(state)
           last["time/first_step_s"] = time.time() - start
           print(f"first step done {last['time/first_step_s']:.1f}s after start (compilation included)", flush=True)
-        if step % config.train.log_every == 0 or step == config.train.num_steps:
+        if _due(step, config.train.log_every, config.train.num_steps):
           _raise_if_nonfinite(state, manager)
           scalars = {f"train/{k}": float(v) / count for k, v in sums.items()}
           scalars["train/bits_per_token"] = float(

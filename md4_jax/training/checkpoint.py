@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from md4_jax.training import optim
+from md4_jax.training import sharding
 
 ITEMS = ("state", "data", "meta")
 DAMAGED_DIR = "damaged_checkpoints"  # WORKDIR/damaged_checkpoints/<step>-<UTC time>: damaged steps set aside
@@ -69,15 +70,15 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, met
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-  """'field: checkpoint a vs config b' for each field where two fingerprints differ."""
+def differences(saved: dict, current: dict, saved_name: str = "checkpoint", prefix: str = "") -> list[str]:
+  """'field: checkpoint a vs config b' (`saved_name` a) for each field where two fingerprints differ."""
   out = []
   for key in sorted(set(saved) | set(current)):
     a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
     if isinstance(a, dict) and isinstance(b, dict):
-      out += differences(a, b, f"{prefix}{key}.")
+      out += differences(a, b, saved_name, f"{prefix}{key}.")
     elif a != b:
-      out.append(f"{prefix}{key}: checkpoint {a!r} vs config {b!r}")
+      out.append(f"{prefix}{key}: {saved_name} {a!r} vs config {b!r}")
   return out
 
 
@@ -95,9 +96,16 @@ def check_meta(manager: ocp.CheckpointManager, step: int, meta: dict) -> None:
                      "--workdir or matching flags. Differences:\n  " + "\n  ".join(diffs))
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, meta: dict):
-  """(state, data_state) of checkpoint `step`, placed as the shardings in `abstract_state` say."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, meta: dict,
+            config: ml_collections.ConfigDict | None = None):
+  """(state, data_state) of checkpoint `step`, placed as the shardings in `abstract_state` say.
+
+  With `config`, a checkpoint trained with gradient clipping switched the other way is named as such
+  (check_optimizer_layout).
+  """
   check_meta(manager, step, meta)
+  if config is not None:
+    check_optimizer_layout(manager, step, config, abstract_state)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
   return restored["state"], restored["data"]
@@ -130,27 +138,20 @@ def damage(manager: ocp.CheckpointManager, step: int) -> str | None:
   return None
 
 
-def _first_line(error: BaseException, limit: int = 400) -> str:
-  """The first line of `error`'s message; a long one keeps its start and its end (the OS error's words)."""
+TENSORSTORE_SPEC = (" [tensorstore_spec", " See full TensorStore")  # where a read error's spec dump starts
+
+
+def _first_line(error: BaseException, limit: int = 400, cut: tuple[str, ...] = ()) -> str:
+  """The first line of `error`'s message, up to the first of the markers `cut`; a long one keeps its start and its
+  end (the OS error's words)."""
   line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  for marker in cut:
+    line = line.split(marker)[0].strip()
   return line if len(line) <= limit else f"{line[:limit // 2]} ... {line[-limit // 2:]}"
 
 
-def _tensorstore_error(error: BaseException) -> str:
-  """The first line of a TensorStore read error without its spec dump."""
-  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-  return _first_line(RuntimeError(line.split(" [tensorstore_spec")[0].split(" See full TensorStore")[0]))
-
-
-def _key_name(key) -> str:
-  for attribute in ("key", "idx", "name"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
 def _opt_paths(opt_state) -> set[tuple[str, ...]]:
-  return {("opt_state",) + tuple(_key_name(k) for k in path)
+  return {("opt_state",) + tuple(map(str, sharding.path_key(path)))
           for path, _ in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
 
 
@@ -197,7 +198,7 @@ def first_intact(manager: ocp.CheckpointManager, steps: list[int], restore_fn, o
         if "pytree structure" in str(error):
           raise MismatchError(f"checkpoint {manager.directory}/{step} does not fit this config's train state "
                               f"({_first_line(error)}); use the config it was trained with") from error
-        how = f"its arrays cannot be read ({_tensorstore_error(error)})"
+        how = f"its arrays cannot be read ({_first_line(error, cut=TENSORSTORE_SPEC)})"
     if _all_processes(how is None):
       return step, restored
     on_damaged(step, how or "another process could not read it")
@@ -217,23 +218,17 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return str(target)
 
 
-def restore_newest_intact(manager: ocp.CheckpointManager, config: ml_collections.ConfigDict, abstract_state,
-                          meta: dict):
-  """(step, state, data_state) of the newest intact checkpoint, or None if there is none.
+def restore_newest_intact(manager: ocp.CheckpointManager, config: ml_collections.ConfigDict, abstract_state):
+  """(step, (state, data_state)) of the newest intact checkpoint of `config`, or None if there is none.
 
   Newer damaged ones are named (which file, how) and moved aside with `set_aside`.
   """
-  def restore_fn(step):
-    check_meta(manager, step, meta)
-    check_optimizer_layout(manager, step, config, abstract_state)
-    return restore(manager, step, abstract_state, meta)
-
   def on_damaged(step, how):
     print(f"checkpoint {manager.directory}/{step} is damaged: {how}; moved to {set_aside(manager, step)}, "
           "falling back to the step before", flush=True)
 
-  found = first_intact(manager, sorted(manager.all_steps(), reverse=True), restore_fn, on_damaged)
-  return None if found is None else (found[0],) + tuple(found[1])
+  return first_intact(manager, sorted(manager.all_steps(), reverse=True),
+                      lambda step: restore(manager, step, abstract_state, fingerprint(config), config), on_damaged)
 
 
 class SaveFailedError(OSError):

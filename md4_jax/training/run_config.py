@@ -43,8 +43,7 @@ def check(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, w
   config `saved` in `workdir`."""
   from md4_jax.training import checkpoint  # pylint: disable=g-import-not-at-top  # (Orbax: only where it is compared)
   as_json = lambda config: json.loads(json.dumps(checkpoint.fingerprint(config)))  # tuples read back as lists
-  diffs = checkpoint.differences(as_json(saved), as_json(config))
+  diffs = checkpoint.differences(as_json(saved), as_json(config), saved_name="saved")
   if diffs:
     raise ValueError(f"{path(workdir)} describes another model than this config; use another --workdir or "
-                     "matching flags. Differences:\n  " + "\n  ".join(d.replace(": checkpoint ", ": saved ", 1)
-                                                                       for d in diffs))
+                     "matching flags. Differences:\n  " + "\n  ".join(diffs))

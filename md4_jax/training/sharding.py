@@ -19,7 +19,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from md4_jax.nn import axes
 
 MESH_AXES = ("data", "fsdp")
-BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -64,28 +63,29 @@ def param_shardings(abstract_params: nnx.State, mesh) -> dict:
                       specs, shapes, is_leaf=lambda s: isinstance(s, P))
 
 
-def _path_key(path) -> tuple:
+def path_key(path) -> tuple:
+  """The names of a pytree path's keys (dict key, sequence index or attribute name)."""
   return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
 
 
 def shardings_like_params(tree, params_sharding: dict, mesh):
   """Shardings for a pytree holding params-shaped leaves (optimizer moments): matched by path suffix."""
-  by_path = {_path_key(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sharding)[0]}
-  replicated = NamedSharding(mesh, P())
+  by_path = {path_key(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sharding)[0]}
 
   def pick(path, leaf):
-    key = _path_key(path)
+    key = path_key(path)
     for i in range(len(key)):
       sharding = by_path.get(key[i:])
       if sharding is not None and len(sharding.spec) <= np.ndim(leaf):
         return sharding
-    return replicated
+    return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(pick, tree)
 
 
 def batch_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(BATCH_AXES))
+  """The batch dimension split over every device."""
+  return NamedSharding(mesh, P(MESH_AXES))
 
 
 def replicated(mesh) -> NamedSharding:

@@ -52,6 +52,20 @@ def _alive(pid: int, start: str | None) -> bool:
   return start is None or now is None or now == start  # the same pid reused by a later process: not the holder
 
 
+def _read(path: str) -> dict | None:
+  """The holder in the lock file at `path`, {} for an unreadable (partly written) file, None if there is no file."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except FileNotFoundError:
+    return None
+  try:
+    holder = json.loads(text)
+  except json.JSONDecodeError:
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
 def describe(holder: dict) -> str:
   if not holder:
     return "a lock file being written, or unreadable"
@@ -72,19 +86,6 @@ class WorkdirLock:
     self._stop = threading.Event()
     self._thread = None
 
-  def _read(self) -> dict | None:
-    """The holder in the lock file, {} for an unreadable (partly written) file, None if there is no file."""
-    try:
-      with open(self.path) as f:
-        text = f.read()
-    except FileNotFoundError:
-      return None
-    try:
-      holder = json.loads(text)
-    except json.JSONDecodeError:
-      return {}
-    return holder if isinstance(holder, dict) else {}
-
   def _stale(self, holder: dict) -> bool:
     try:
       age = time.time() - os.stat(self.path).st_mtime
@@ -103,7 +104,7 @@ class WorkdirLock:
       f.write(json.dumps(self.holder) + "\n")
       f.flush()
       os.fsync(f.fileno())
-    return (self._read() or {}).get("token") == self.holder["token"]
+    return (_read(self.path) or {}).get("token") == self.holder["token"]
 
   def _move_aside(self, stale: dict) -> None:
     """Moves the stale lock file aside; puts it back if it turned out to be a newer holder's."""
@@ -112,12 +113,7 @@ class WorkdirLock:
       os.rename(self.path, aside)
     except FileNotFoundError:
       return  # another starter moved it first
-    with open(aside) as f:
-      text = f.read()
-    try:
-      moved = json.loads(text)
-    except json.JSONDecodeError:
-      moved = {}
+    moved = _read(aside) or {}
     if stale and moved.get("token") != stale.get("token") and not os.path.exists(self.path):
       os.rename(aside, self.path)  # a run took the lock between our read and our rename: give it back
 
@@ -127,7 +123,7 @@ class WorkdirLock:
       if self._create():
         self._start_heartbeat()
         return
-      holder = self._read()
+      holder = _read(self.path)
       if holder is None:
         continue  # released meanwhile
       if not self._stale(holder):
@@ -153,7 +149,7 @@ class WorkdirLock:
     if self._thread is not None:
       self._thread.join()
       self._thread = None
-    if (self._read() or {}).get("token") == self.holder["token"]:
+    if (_read(self.path) or {}).get("token") == self.holder["token"]:
       os.remove(self.path)
 
 
