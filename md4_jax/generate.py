@@ -77,7 +77,7 @@ def load_denoiser(workdir: str, step: int | None = None) -> jax.tree_util.Partia
   Returns denoise_fn(z_t, t): z_t int32 [B, *S] (mask id V), t float32 [B] -> float32 log-probabilities over the
   V data tokens [B, *S, V], the exact function the samplers receive; parameters replicated over every device.
   """
-  from md4_jax.training import experiment  # pylint: disable=g-import-not-at-top  # (the loop's machinery: imported late)
+  from md4_jax.training import experiment  # pylint: disable=g-import-not-at-top
   config = run_config.load(workdir)
   if config is None:
     raise ValueError(f"{run_config.path(workdir)} is missing: {workdir!r} is not a run written by "
@@ -145,6 +145,22 @@ def _to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def sample_batch(objective: objectives.Objective, functions: dict, key: jax.Array, first: int, z_t: jax.Array,
+                 sampler_config: ml_collections.ConfigDict, key_sharding=None) -> tuple[jax.Array, dict]:
+  """One batch of `generate`: z_t [B, *S] holds examples first .. first + B - 1 -> (tokens [B, *S], stats).
+
+  Example n draws with fold_in(key, n) (the keys placed by key_sharding), whatever the batch it falls in; a
+  uniform-noise model's batch i = first // B with fold_in(key, i). functions: from `sampler_functions`.
+  """
+  if objective.sampler == objectives.UNIFORM:
+    tokens = udlm.sample(functions["denoise_fn"], jax.random.fold_in(key, first // z_t.shape[0]), z_t, sampler_config)
+    return tokens, {"nfe": sampler_config.num_steps}
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, np.arange(first, first + z_t.shape[0]))  # [B]
+  if key_sharding is not None:
+    keys = jax.device_put(keys, key_sharding)
+  return sampling.sample(key=keys, z_init=z_t, config=sampler_config, return_stats=True, **functions)
+
+
 def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init: np.ndarray, key: jax.Array, *,
              mesh: jax.sharding.Mesh, batch_size: int = 0, label: int | None = None, guide: Guide = Guide(),
              progress: str | None = None) -> tuple[np.ndarray, dict]:
@@ -178,14 +194,7 @@ def generate(graphdef, params, sampler_config: ml_collections.ConfigDict, z_init
       chunk = np.asarray(z_init[first:first + batch_size], np.int32)
       padded = place(np.concatenate([chunk, np.full((batch_size - len(chunk),) + chunk.shape[1:], mask_id,
                                                      np.int32)]))
-      if objective.sampler == objectives.UNIFORM:
-        tokens = udlm.sample(functions["denoise_fn"], jax.random.fold_in(key, index), padded, sampler_config)
-        stats = {"nfe": sampler_config.num_steps}
-      else:
-        keys = jax.device_put(jax.vmap(jax.random.fold_in, (None, 0))(key, np.arange(first, first + batch_size)),
-                              batch_sharding)  # [B]: example n's key, whatever the batch it falls in
-        tokens, stats = sampling.sample(key=keys, z_init=padded, config=sampler_config, return_stats=True,
-                                        **functions)
+      tokens, stats = sample_batch(objective, functions, key, first, padded, sampler_config, batch_sharding)
       out.append(_to_host(tokens)[:len(chunk)])
       nfe.append(int(stats["nfe"]))
       if progress and jax.process_index() == 0:

@@ -18,7 +18,6 @@ from md4_jax.training import experiment as experiment_lib
 from md4_jax import generate
 from md4_jax import objectives
 from md4_jax import sampling
-from md4_jax import udlm
 
 
 def check_intervals(train) -> None:
@@ -61,10 +60,7 @@ def check_sampling(exp: experiment_lib.Experiment) -> None:
 
   def draw(params, z_init):  # one batch of generate.generate, traced (z_init abstract: no value checks run)
     functions = generate.sampler_functions(exp.graphdef, params, objective, None, generate.Guide(), None)
-    if objective.sampler == objectives.UNIFORM:
-      return udlm.sample(functions["denoise_fn"], jax.random.key(0), z_init, config.sampler)
-    keys = jax.random.split(jax.random.key(0), z_init.shape[0])
-    return sampling.sample(key=keys, z_init=z_init, config=config.sampler, **functions)
+    return generate.sample_batch(objective, functions, jax.random.key(0), 0, z_init, config.sampler)[0]
 
   tokens = jax.eval_shape(draw, exp.abstract_state.ema_params, z_init)
   exp.info.decode(np.zeros(tokens.shape, np.int32))
