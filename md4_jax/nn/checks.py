@@ -29,3 +29,19 @@ def check_rate(name: str, value: float) -> None:
 def check_divides(name: str, value: int, divisor_name: str, divisor: int) -> None:
   if value % divisor:
     raise ValueError(f"{name}={value} must be divisible by {divisor_name}={divisor}")
+
+
+def check_heads(width: int, num_heads: int) -> None:
+  """width splits into num_heads heads of an even head_dim (rotary embeddings rotate pairs)."""
+  check_divides("width", width, "num_heads", num_heads)
+  if (width // num_heads) % 2:
+    raise ValueError(f"head_dim = width // num_heads = {width // num_heads} must be even for RoPE")
+
+
+def check_network(config) -> None:
+  """The fields every network config has: dropout, num_classes, dtype and attention."""
+  check_rate("dropout", config.dropout)
+  if config.num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0; got {config.num_classes}")
+  check_choice("dtype", config.dtype, tuple(DTYPES))
+  check_choice("attention", config.attention, ATTENTION_IMPLS)

@@ -46,6 +46,18 @@ def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, rn
       bias_init=partitioned(nnx.initializers.zeros_init(), (names[1],)), rngs=rngs)
 
 
+def adaln_modulation(cond_dim: int, width: int, chunks: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.Linear:
+  """adaLN-Zero: a zero-initialised Dense from the conditioning to `chunks` pieces of `width` (shift, scale, ...),
+  float32 out."""
+  return dense(cond_dim, chunks * width, (axes.COND, axes.EMBED), zero=True, dtype=dtype, out_dtype=jnp.float32,
+               rngs=rngs)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN modulation of a normalised x."""
+  return x * (1.0 + scale) + shift
+
+
 def rms_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.RMSNorm:
   return nnx.RMSNorm(dim, epsilon=NORM_EPS, rngs=rngs,
                      scale_init=partitioned(nnx.initializers.ones_init(), (axes.EMBED,)))

@@ -51,16 +51,9 @@ class TransformerConfig:
   def __post_init__(self):
     checks.check_positive(vocab_size=self.vocab_size, num_layers=self.num_layers,
                           num_heads=self.num_heads, width=self.width)
-    checks.check_divides("width", self.width, "num_heads", self.num_heads)
-    if (self.width // self.num_heads) % 2:
-      raise ValueError(f"head_dim = width // num_heads = {self.width // self.num_heads} must be "
-                       "even for RoPE")
+    checks.check_heads(self.width, self.num_heads)
     checks.check_choice("mlp_type", self.mlp_type, tuple(blocks.MLP_ACTIVATIONS))
-    checks.check_rate("dropout", self.dropout)
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0; got {self.num_classes}")
-    checks.check_choice("dtype", self.dtype, tuple(checks.DTYPES))
-    checks.check_choice("attention", self.attention, checks.ATTENTION_IMPLS)
+    checks.check_network(self)
     if self.num_outputs < 0:
       raise ValueError(f"num_outputs must be >= 0 (0 = vocab_size); got {self.num_outputs}")
     if self.rope_theta <= 0:
