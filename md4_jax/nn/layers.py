@@ -27,6 +27,11 @@ def partitioned(init, names: tuple[str | None, ...]):
   return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
+def embed(num_embeddings: int, dim: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs) -> nnx.Embed:
+  """nnx.Embed with flax's default initializer, annotated with logical axes."""
+  return nnx.Embed(num_embeddings, dim, embedding_init=partitioned(EMBED_INIT, names), rngs=rngs)
+
+
 def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs,
           use_bias: bool = True, zero: bool = False, init_scale: float = 1.0,
           dtype=jnp.float32, out_dtype=None) -> nnx.Linear:

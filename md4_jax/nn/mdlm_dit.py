@@ -108,9 +108,7 @@ class MDLMDiT(nnx.Module):
   def __init__(self, config: MDLMDiTConfig, *, rngs: nnx.Rngs):
     self.config = config
     c = config
-    self.vocab_embed = nnx.Embed(
-        c.vocab_size + 1, c.width, rngs=rngs,
-        embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.EMBED)))
+    self.vocab_embed = layers.embed(c.vocab_size + 1, c.width, (axes.VOCAB, axes.EMBED), rngs=rngs)
     self.sigma_map1 = layers.dense(NOISE_FEATURES, c.cond_dim, (None, axes.COND), rngs=rngs)
     self.sigma_map2 = layers.dense(c.cond_dim, c.cond_dim, (None, axes.COND), rngs=rngs)
     self.blocks = blocks.make_stack(lambda rngs: MDLMBlock(c, rngs=rngs), c.num_layers, scan=c.scan_layers,

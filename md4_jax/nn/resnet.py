@@ -115,9 +115,7 @@ class ImageBackbone(nnx.Module):
     self.config = config
     c, dtype = config, checks.DTYPES[config.dtype]
     f = c.feature_dim
-    self.embed = nnx.Embed(
-        c.vocab_size + 1, f, rngs=rngs,
-        embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.CHANNELS)))
+    self.embed = layers.embed(c.vocab_size + 1, f, (axes.VOCAB, axes.CHANNELS), rngs=rngs)
     self.cond_embed = (
         embeddings.CondEmbedding(c.cond_dim, time_conditioning=c.time_conditioning,
                                  num_classes=c.num_classes, rngs=rngs)

@@ -76,9 +76,7 @@ class Transformer(nnx.Module):
     self.config = config
     c, dtype = config, checks.DTYPES[config.dtype]
     embed_dim = c.head_dim if c.outside_embed else c.width
-    self.embed = nnx.Embed(
-        c.vocab_size + 1, embed_dim, rngs=rngs,
-        embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.EMBED)))
+    self.embed = layers.embed(c.vocab_size + 1, embed_dim, (axes.VOCAB, axes.EMBED), rngs=rngs)
     self.embed_proj = (layers.dense(embed_dim, c.width, (None, axes.EMBED), dtype=dtype, rngs=rngs)
                        if c.outside_embed else None)
     self.cond_embed = (
