@@ -74,10 +74,10 @@ def convert(source: str, input_path: str, output: str, config_path: str = DEFAUL
 def write_workdir(loaded: mdlm_weights.Loaded, output: str, config_path: str = DEFAULT_CONFIG, *,
                   scan_layers: bool = False) -> str:
   """config.json and a step-0 checkpoint of `loaded` in `output` (checks the vocabulary first)."""
-  config = converted_config(config_base.load_experiment(config_path), loaded.architecture, scan_layers)
+  a = loaded.architecture
+  config = converted_config(config_base.load_experiment(config_path), a, scan_layers)
   exp = experiment_lib.build(config, inference=True)
-  network = stack_blocks(loaded.params, loaded.architecture.num_layers) if scan_layers else loaded.params
-  params = {"network": network}
+  params = {"network": stack_blocks(loaded.params, a.num_layers) if scan_layers else loaded.params}
   expected = jax.tree.map(lambda a: a.shape, exp.abstract_state.params)
   found = jax.tree.map(lambda a: a.shape, params)
   if expected != found:  # the key map and the network disagree: a bug here, not in the checkpoint
@@ -89,7 +89,6 @@ def write_workdir(loaded: mdlm_weights.Loaded, output: str, config_path: str = D
   checkpoint.save(manager, 0, state, {}, checkpoint.fingerprint(config))
   manager.wait_until_finished()
   manager.close()
-  a = loaded.architecture
   return (f"{loaded.description} -> {output}: mdlm_dit {a.num_layers} x {a.width}, {a.num_heads} heads, cond_dim "
           f"{a.cond_dim}, V = {a.vocab_size} + mask, time_conditioning={a.time_conditioning}, "
           f"{sum(x.size for x in jax.tree.leaves(params)):,} parameters")

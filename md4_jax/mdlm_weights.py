@@ -9,6 +9,7 @@ shapes, vocabulary) runs before anything is returned; failures are ValueErrors n
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import pickle
@@ -40,36 +41,30 @@ class Loaded:
   description: str   # what was read and which weights were taken
 
 
-def _block_keys(i: int) -> list[tuple[str, tuple[str, ...], bool]]:
-  """(torch key, our parameter path, transpose) of block i, in the module's parameter registration order."""
-  b = ("blocks", i)
-  return [(f"blocks.{i}.norm1.weight", b + ("norm1", "scale"), False),
-          (f"blocks.{i}.attn_qkv.weight", b + ("attn_qkv", "kernel"), True),
-          (f"blocks.{i}.attn_out.weight", b + ("attn_out", "kernel"), True),
-          (f"blocks.{i}.norm2.weight", b + ("norm2", "scale"), False),
-          (f"blocks.{i}.mlp.0.weight", b + ("mlp_in", "kernel"), True),
-          (f"blocks.{i}.mlp.0.bias", b + ("mlp_in", "bias"), False),
-          (f"blocks.{i}.mlp.2.weight", b + ("mlp_out", "kernel"), True),
-          (f"blocks.{i}.mlp.2.bias", b + ("mlp_out", "bias"), False),
-          (f"blocks.{i}.adaLN_modulation.weight", b + ("modulation", "kernel"), True),
-          (f"blocks.{i}.adaLN_modulation.bias", b + ("modulation", "bias"), False)]
+def _linear(torch_name: str, path: tuple, bias: bool = True) -> list[tuple[str, tuple, bool]]:
+  """A torch Linear's weight [out, in] (our kernel, transposed) and bias."""
+  keys = [(f"{torch_name}.weight", path + ("kernel",), True)]
+  return keys + [(f"{torch_name}.bias", path + ("bias",), False)] if bias else keys
 
 
 def key_map(num_layers: int) -> list[tuple[str, tuple[str, ...], bool]]:
   """Every parameter of the DiT: (torch key, our path, transpose), in the PyTorch module's registration order
   (the order of a Lightning checkpoint's EMA shadow_params)."""
   keys = [("vocab_embed.embedding", ("vocab_embed", "embedding"), False),
-          ("sigma_map.mlp.0.weight", ("sigma_map1", "kernel"), True),
-          ("sigma_map.mlp.0.bias", ("sigma_map1", "bias"), False),
-          ("sigma_map.mlp.2.weight", ("sigma_map2", "kernel"), True),
-          ("sigma_map.mlp.2.bias", ("sigma_map2", "bias"), False)]
+          *_linear("sigma_map.mlp.0", ("sigma_map1",)),
+          *_linear("sigma_map.mlp.2", ("sigma_map2",))]
   for i in range(num_layers):
-    keys += _block_keys(i)
+    torch_block, block = f"blocks.{i}.", ("blocks", i)
+    keys += [(torch_block + "norm1.weight", block + ("norm1", "scale"), False),
+             *_linear(torch_block + "attn_qkv", block + ("attn_qkv",), bias=False),
+             *_linear(torch_block + "attn_out", block + ("attn_out",), bias=False),
+             (torch_block + "norm2.weight", block + ("norm2", "scale"), False),
+             *_linear(torch_block + "mlp.0", block + ("mlp_in",)),
+             *_linear(torch_block + "mlp.2", block + ("mlp_out",)),
+             *_linear(torch_block + "adaLN_modulation", block + ("modulation",))]
   return keys + [("output_layer.norm_final.weight", ("final_norm", "scale"), False),
-                 ("output_layer.linear.weight", ("head_linear", "kernel"), True),
-                 ("output_layer.linear.bias", ("head_linear", "bias"), False),
-                 ("output_layer.adaLN_modulation.weight", ("final_modulation", "kernel"), True),
-                 ("output_layer.adaLN_modulation.bias", ("final_modulation", "bias"), False)]
+                 *_linear("output_layer.linear", ("head_linear",)),
+                 *_linear("output_layer.adaLN_modulation", ("final_modulation",))]
 
 
 def expected_shapes(a: Architecture) -> dict[str, tuple[int, ...]]:
@@ -91,12 +86,12 @@ def expected_shapes(a: Architecture) -> dict[str, tuple[int, ...]]:
 # --- containers ---------------------------------------------------------------------------------------------------
 
 
-def _import_torch():
+def _require(module: str, hint: str):
+  """The module, imported on first use (an optional dependency); ImportError with `hint` when it is missing."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(module)
   except ImportError as error:
-    raise ImportError(f"{TORCH_HINT} ({error})") from error
-  return torch
+    raise ImportError(f"{hint} ({error})") from error
 
 
 class _Stub:
@@ -133,7 +128,7 @@ class _TolerantPickle:
 
 
 def _torch_file(path: str, tolerant: bool) -> Any:
-  torch = _import_torch()
+  torch = _require("torch", TORCH_HINT)
   try:
     if tolerant:
       return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TolerantPickle)
@@ -144,7 +139,7 @@ def _torch_file(path: str, tolerant: bool) -> Any:
 
 
 def _to_numpy(tree: dict, path: str) -> dict[str, np.ndarray]:
-  torch = _import_torch()
+  torch = _require("torch", TORCH_HINT)
   out = {}
   for key, value in tree.items():
     if not isinstance(value, torch.Tensor):
@@ -154,10 +149,7 @@ def _to_numpy(tree: dict, path: str) -> dict[str, np.ndarray]:
 
 
 def _safetensors(path: str) -> dict[str, np.ndarray]:
-  try:
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  except ImportError as error:
-    raise ImportError(f"reading .safetensors needs `pip install safetensors` ({error})") from error
+  load_file = _require("safetensors.numpy", "reading .safetensors needs `pip install safetensors`").load_file
   try:
     return load_file(path)
   except Exception as error:  # safetensors raises its own SafetensorError for a bad header
@@ -169,10 +161,10 @@ def _lightning(path: str) -> tuple[dict[str, np.ndarray], str]:
   ckpt = _torch_file(path, tolerant=True)
   if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
     raise ValueError(f"{path} is not a Lightning checkpoint: no 'state_dict' entry")
-  state = _to_numpy({k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}, path)
+  state = _to_numpy({k.removeprefix(PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}, path)
   if not state:
     raise ValueError(f"{path}: its state_dict has no '{PREFIX}*' keys (not an MDLM-family checkpoint)")
-  shadow = (ckpt.get("ema") or {}).get("shadow_params") if isinstance(ckpt.get("ema"), dict) else None
+  shadow = ckpt["ema"].get("shadow_params") if isinstance(ckpt.get("ema"), dict) else None
   if not shadow:
     return state, "state_dict (the checkpoint has no EMA weights)"
   params = [k for k in state if k not in IGNORED]  # registration order = the state dict's order
@@ -223,7 +215,7 @@ def read_container(path: str) -> tuple[dict[str, np.ndarray], dict | None, str]:
   if any(prefixed) and not all(prefixed):
     extra = next(k for k in state if not k.startswith(PREFIX))
     raise ValueError(f"{path}: unexpected key {extra!r} beside the '{PREFIX}*' keys")
-  return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}, None, what
+  return {k.removeprefix(PREFIX): v for k, v in state.items()}, None, what
 
 
 # --- checks and mapping ------------------------------------------------------------------------------------------
@@ -251,7 +243,7 @@ def architecture(state: dict, hf_config: dict | None, *, num_heads: int | None,
     num_heads = int(hf.get("n_heads", max(1, width // 64)))
   if time_conditioning is None:
     time_conditioning = bool(hf.get("time_conditioning", False))
-  if hf and "vocab_size" in hf and int(hf["vocab_size"]) != vocab_rows:
+  if "vocab_size" in hf and int(hf["vocab_size"]) != vocab_rows:
     raise ValueError(f"config.json says vocab_size={hf['vocab_size']} but key 'vocab_embed.embedding' has "
                      f"{vocab_rows} rows")
   return Architecture(vocab_size=vocab_rows - 1, num_layers=max(blocks) + 1, num_heads=num_heads, width=width,

@@ -80,8 +80,8 @@ def _spawn(command: list[str], env: dict, log) -> subprocess.Popen:
 class _Run:
   """One member's training process and what the sweep has read of its metrics.jsonl."""
 
-  def __init__(self, member, position, total, num_steps, command, env, root, host):
-    self.member, self.position, self.total, self.num_steps = member, position, total, num_steps
+  def __init__(self, member, total, num_steps, command, env, root, host):
+    self.member, self.position, self.total, self.num_steps = member, member.index + 1, total, num_steps
     self.host = host  # '' or (multi-host) this worker's hostname, in the names of its log and record
     self.workdir = os.path.join(root, member.name)
     self.root = root
@@ -91,7 +91,7 @@ class _Run:
     self.step, self.rows_seen = sweep_report.steps_done(rows), len(rows)
     self.previous = sweep_report.read_status(root, member.name)
     os.makedirs(os.path.join(root, sweep_spec.RESERVED), exist_ok=True)
-    self.log = open(sweep_report.status_path(root, member.name, "log", host), "a", encoding="utf-8")
+    self.log = open(run_log(root, member.name, host), "a", encoding="utf-8")
     self.log.write(f"\n=== sweep start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
     self.log.flush()
     self.proc = _spawn(command, env, self.log)
@@ -101,7 +101,7 @@ class _Run:
     wall = self.previous.get("wall_s", 0.0) + time.time() - self.start
     record = {"status": status, "exit_code": exit_code, "wall_s": wall, "steps": self.step, "pid": self.proc.pid}
     if status == "failed":
-      with open(sweep_report.status_path(self.root, self.member.name, "log", self.host), encoding="utf-8") as f:
+      with open(run_log(self.root, self.member.name, self.host), encoding="utf-8") as f:
         record["log_tail"] = f.readlines()[-_LOG_TAIL:]
     atomic.write(sweep_report.status_path(self.root, self.member.name, host=self.host),
                  json.dumps(record, indent=1) + "\n")
@@ -152,8 +152,7 @@ def run_members(config_path: str, root: str, members: list[sweep_spec.Member], n
         if slot not in running and pending and not stop:
           m = pending.pop(0)
           command = [sys.executable, "-m", "md4_jax.train"] + train_args(config_path, root, m, common) + extra
-          running[slot] = _Run(m, m.index + 1, total, num_steps[m.name], command,
-                               slot_env(slot, parallel, os.environ), root, host)
+          running[slot] = _Run(m, total, num_steps[m.name], command, slot_env(slot, parallel, os.environ), root, host)
           print(f"[sweep {m.index + 1}/{total}] {m.name}: started (log {run_log(root, m.name, host)})", flush=True)
       time.sleep(_POLL_S)
       for slot, run in list(running.items()):
@@ -168,20 +167,19 @@ def run_members(config_path: str, root: str, members: list[sweep_spec.Member], n
         run.log.close()
         del running[slot]
         if run.step >= run.num_steps and code == 0:
-          outcome[run.member.name] = "done"
+          status = "done"
           walls.append(time.time() - run.start)
-          run.record("done", code)
           print(f"[sweep {run.position}/{total}] {run.member.name}: done in {fmt_duration(walls[-1])}", flush=True)
         elif stop or code == 0:  # stopped by a signal: resumable
-          outcome[run.member.name] = "interrupted"
-          run.record("interrupted", code)
+          status = "interrupted"
           print(f"[sweep {run.position}/{total}] {run.member.name}: interrupted (last logged step {run.step}; it "
                 "resumes from its last checkpoint)", flush=True)
         else:
-          outcome[run.member.name] = "failed"
-          run.record("failed", code)
+          status = "failed"
           print(f"[sweep {run.position}/{total}] {run.member.name}: FAILED (exit {code}); last lines in "
                 f"{run_log(root, run.member.name, host)}", file=sys.stderr, flush=True)
+        outcome[run.member.name] = status
+        run.record(status, code)
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
@@ -252,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
   logging.set_verbosity(logging.WARNING)
   root = os.path.abspath(args.workdir)
   try:
-    members = sweep_spec.load_sweep(args.config.split(":", 1)[0])
+    members = sweep_spec.load_sweep(args.config)
     if args.member_args is not None:
       if not 0 <= args.member_args < len(members):
         raise ValueError(f"--member_args={args.member_args}: the sweep has members 0..{len(members) - 1}")

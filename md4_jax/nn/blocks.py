@@ -10,7 +10,8 @@ from flax import nnx
 
 from md4_jax.nn import axes
 from md4_jax.nn import embeddings
-from md4_jax.nn.layers import dense, dropout, remat, rms_norm, scale_free_layer_norm, split_key
+from md4_jax.nn.layers import adaln_modulation, dense, dropout, modulate, remat, rms_norm, scale_free_layer_norm
+from md4_jax.nn.layers import split_key
 
 Rope = tuple[jax.Array, jax.Array]  # cos, sin: [L, head_dim // 2] each
 MLP_ACTIVATIONS = {"glu": jax.nn.sigmoid, "swiglu": jax.nn.swish, "geglu": jax.nn.gelu}
@@ -77,6 +78,11 @@ class GatedMLP(nnx.Module):
     return self.w2(self.activation(self.w1(x)) * self.w3(x))
 
 
+def _pre_norm(width: int, cond_dim: int, rngs: nnx.Rngs) -> nnx.Module:
+  """The parameter-free LayerNorm that adaLN modulates, or RMSNorm without conditioning."""
+  return scale_free_layer_norm(width, rngs=rngs) if cond_dim else rms_norm(width, rngs=rngs)
+
+
 class TransformerBlock(nnx.Module):
   """Pre-norm block; adaLN-Zero modulation when `cond_dim > 0`, RMSNorm pre-norm otherwise.
 
@@ -92,15 +98,9 @@ class TransformerBlock(nnx.Module):
     self.attention = Attention(width, num_heads, causal=causal, dtype=dtype,
                                implementation=attention, rngs=rngs)
     self.mlp = GatedMLP(width, mlp_type, init_scale=mlp_init_scale, dtype=dtype, rngs=rngs)
-    if cond_dim:
-      self.modulation = dense(cond_dim, 6 * width, (axes.COND, axes.EMBED), zero=True,
-                              dtype=dtype, out_dtype=jnp.float32, rngs=rngs)
-      self.attention_norm = scale_free_layer_norm(width, rngs=rngs)
-      self.mlp_norm = scale_free_layer_norm(width, rngs=rngs)
-    else:
-      self.modulation = None
-      self.attention_norm = rms_norm(width, rngs=rngs)
-      self.mlp_norm = rms_norm(width, rngs=rngs)
+    self.modulation = adaln_modulation(cond_dim, width, 6, dtype=dtype, rngs=rngs) if cond_dim else None
+    self.attention_norm = _pre_norm(width, cond_dim, rngs)
+    self.mlp_norm = _pre_norm(width, cond_dim, rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array | None, rope: Rope | None,
                key: jax.Array | None) -> jax.Array:
@@ -112,9 +112,9 @@ class TransformerBlock(nnx.Module):
       return h + dropout(self.mlp(self.mlp_norm(h)), self.dropout, key_mlp, (1,))
     mods = jnp.split(self.modulation(jax.nn.swish(c))[:, None, :], 6, axis=-1)  # 6 x [B, 1, D]
     shift_att, scale_att, gate_att, shift_mlp, scale_mlp, gate_mlp = mods
-    a = self.attention(self.attention_norm(x) * (1.0 + scale_att) + shift_att, rope)
+    a = self.attention(modulate(self.attention_norm(x), shift_att, scale_att), rope)
     h = x + gate_att * dropout(a, self.dropout, key_attention, (1,))
-    m = self.mlp(self.mlp_norm(h) * (1.0 + scale_mlp) + shift_mlp)
+    m = self.mlp(modulate(self.mlp_norm(h), shift_mlp, scale_mlp))
     return h + gate_mlp * dropout(m, self.dropout, key_mlp, (1,))
 
 
@@ -123,13 +123,8 @@ class FinalLayer(nnx.Module):
 
   def __init__(self, width: int, out_dim: int, *, cond_dim: int, out_name: str | None,
                rngs: nnx.Rngs, dtype=jnp.float32):
-    if cond_dim:
-      self.modulation = dense(cond_dim, 2 * width, (axes.COND, axes.EMBED), zero=True,
-                              dtype=dtype, out_dtype=jnp.float32, rngs=rngs)
-      self.norm = scale_free_layer_norm(width, rngs=rngs)
-    else:
-      self.modulation = None
-      self.norm = rms_norm(width, rngs=rngs)
+    self.modulation = adaln_modulation(cond_dim, width, 2, dtype=dtype, rngs=rngs) if cond_dim else None
+    self.norm = _pre_norm(width, cond_dim, rngs)
     self.head = dense(width, out_dim, (axes.EMBED, out_name), use_bias=False, zero=True,
                       dtype=dtype, out_dtype=jnp.float32, rngs=rngs)
 
@@ -138,7 +133,7 @@ class FinalLayer(nnx.Module):
     h = self.norm(x)
     if self.modulation is not None:
       shift, scale = jnp.split(self.modulation(jax.nn.swish(c))[:, None, :], 2, axis=-1)
-      h = h * (1.0 + scale) + shift
+      h = modulate(h, shift, scale)
     return self.head(h)
 
 

@@ -21,11 +21,23 @@ def check_positive(**values: int) -> None:
       raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
-def check_rate(name: str, value: float) -> None:
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"{name} must lie in [0, 1); got {value!r}")
-
-
 def check_divides(name: str, value: int, divisor_name: str, divisor: int) -> None:
   if value % divisor:
     raise ValueError(f"{name}={value} must be divisible by {divisor_name}={divisor}")
+
+
+def check_heads(width: int, num_heads: int) -> None:
+  """width splits into num_heads heads of an even head_dim (rotary embeddings rotate pairs)."""
+  check_divides("width", width, "num_heads", num_heads)
+  if (width // num_heads) % 2:
+    raise ValueError(f"head_dim = width // num_heads = {width // num_heads} must be even for RoPE")
+
+
+def check_network(config) -> None:
+  """The fields every network config has: dropout, num_classes, dtype and attention."""
+  if not 0.0 <= config.dropout < 1.0:
+    raise ValueError(f"dropout must lie in [0, 1); got {config.dropout!r}")
+  if config.num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0; got {config.num_classes}")
+  check_choice("dtype", config.dtype, tuple(DTYPES))
+  check_choice("attention", config.attention, ATTENTION_IMPLS)

@@ -48,10 +48,7 @@ class CondEmbedding(nnx.Module):
     self.dim = dim
     self.time_conditioning = time_conditioning
     self.num_classes = num_classes
-    self.label_embed = (
-        nnx.Embed(num_classes + 1, dim, rngs=rngs,
-                  embedding_init=layers.partitioned(layers.EMBED_INIT, (None, axes.COND)))
-        if num_classes else None)
+    self.label_embed = layers.embed(num_classes + 1, dim, (None, axes.COND), rngs=rngs) if num_classes else None
     in_dim = dim * (int(time_conditioning) + int(num_classes > 0))
     self.dense1 = layers.dense(in_dim, 4 * dim, (axes.COND, axes.MLP), rngs=rngs)
     self.dense2 = layers.dense(4 * dim, dim, (axes.MLP, axes.COND), rngs=rngs)

@@ -27,6 +27,11 @@ def partitioned(init, names: tuple[str | None, ...]):
   return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
+def embed(num_embeddings: int, dim: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs) -> nnx.Embed:
+  """nnx.Embed with flax's default initializer, annotated with logical axes."""
+  return nnx.Embed(num_embeddings, dim, embedding_init=partitioned(EMBED_INIT, names), rngs=rngs)
+
+
 def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs,
           use_bias: bool = True, zero: bool = False, init_scale: float = 1.0,
           dtype=jnp.float32, out_dtype=None) -> nnx.Linear:
@@ -44,6 +49,18 @@ def dense(in_dim: int, out_dim: int, names: tuple[str | None, str | None], *, rn
       preferred_element_type=out_dtype,
       kernel_init=partitioned(kernel_init, names),
       bias_init=partitioned(nnx.initializers.zeros_init(), (names[1],)), rngs=rngs)
+
+
+def adaln_modulation(cond_dim: int, width: int, chunks: int, *, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.Linear:
+  """adaLN-Zero: a zero-initialised Dense from the conditioning to `chunks` pieces of `width` (shift, scale, ...),
+  float32 out."""
+  return dense(cond_dim, chunks * width, (axes.COND, axes.EMBED), zero=True, dtype=dtype, out_dtype=jnp.float32,
+               rngs=rngs)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN modulation of a normalised x."""
+  return x * (1.0 + scale) + shift
 
 
 def rms_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.RMSNorm:

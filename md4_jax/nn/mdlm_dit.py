@@ -59,23 +59,15 @@ class MDLMDiTConfig:
   def __post_init__(self):
     checks.check_positive(vocab_size=self.vocab_size, num_layers=self.num_layers, num_heads=self.num_heads,
                           width=self.width, cond_dim=self.cond_dim, mlp_ratio=self.mlp_ratio)
-    checks.check_divides("width", self.width, "num_heads", self.num_heads)
-    if (self.width // self.num_heads) % 2:
-      raise ValueError(f"head_dim = width // num_heads = {self.width // self.num_heads} must be even for RoPE")
-    checks.check_rate("dropout", self.dropout)
+    checks.check_heads(self.width, self.num_heads)
     if self.num_classes:
       raise ValueError(f"model.kind='mdlm_dit' has no label input; got num_classes={self.num_classes} (use "
                        "model.kind='transformer' for class-conditional data)")
-    checks.check_choice("dtype", self.dtype, tuple(checks.DTYPES))
-    checks.check_choice("attention", self.attention, checks.ATTENTION_IMPLS)
+    checks.check_network(self)
 
   @property
   def head_dim(self) -> int:
     return self.width // self.num_heads
-
-
-def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  return x * (1.0 + scale) + shift
 
 
 class MDLMBlock(nnx.Module):
@@ -91,22 +83,21 @@ class MDLMBlock(nnx.Module):
     self.norm2 = layers.scaled_layer_norm(d, rngs=rngs)
     self.mlp_in = layers.dense(d, hidden, (axes.EMBED, axes.MLP), dtype=dtype, rngs=rngs)
     self.mlp_out = layers.dense(hidden, d, (axes.MLP, axes.EMBED), dtype=dtype, rngs=rngs)
-    self.modulation = layers.dense(c.cond_dim, 6 * d, (axes.COND, axes.EMBED), zero=True, dtype=dtype,
-                                   out_dtype=jnp.float32, rngs=rngs)
+    self.modulation = layers.adaln_modulation(c.cond_dim, d, 6, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array, rope: blocks.Rope, key: jax.Array | None) -> jax.Array:
     b, length, d = x.shape
     key_attention, key_mlp = layers.split_key(key, 2)
     mods = jnp.split(self.modulation(c)[:, None, :].astype(jnp.float32), 6, axis=-1)  # 6 x [B, 1, D]
     shift_att, scale_att, gate_att, shift_mlp, scale_mlp, gate_mlp = mods
-    qkv = self.attn_qkv(modulate(self.norm1(x), shift_att, scale_att))
+    qkv = self.attn_qkv(layers.modulate(self.norm1(x), shift_att, scale_att))
     qkv = qkv.reshape(b, length, 3, self.num_heads, d // self.num_heads)  # (three, head, dim) order
     q, k = (embeddings.apply_rope_half(qkv[:, :, i], *rope) for i in (0, 1))
     implementation = blocks.attention_implementation(self.attention, q.dtype, q.shape[-1])
     a = jax.nn.dot_product_attention(q, k, qkv[:, :, 2], implementation=implementation)  # [B, L, H, Dh]
     a = self.attn_out(a.reshape(b, length, d)).astype(jnp.float32)
     h = x + gate_att * layers.dropout(a, self.dropout, key_attention)
-    m = self.mlp_in(modulate(self.norm2(h), shift_mlp, scale_mlp))
+    m = self.mlp_in(layers.modulate(self.norm2(h), shift_mlp, scale_mlp))
     m = self.mlp_out(jax.nn.gelu(m, approximate=True)).astype(jnp.float32)
     return h + gate_mlp * layers.dropout(m, self.dropout, key_mlp)
 
@@ -117,16 +108,13 @@ class MDLMDiT(nnx.Module):
   def __init__(self, config: MDLMDiTConfig, *, rngs: nnx.Rngs):
     self.config = config
     c = config
-    self.vocab_embed = nnx.Embed(
-        c.vocab_size + 1, c.width, rngs=rngs,
-        embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.EMBED)))
+    self.vocab_embed = layers.embed(c.vocab_size + 1, c.width, (axes.VOCAB, axes.EMBED), rngs=rngs)
     self.sigma_map1 = layers.dense(NOISE_FEATURES, c.cond_dim, (None, axes.COND), rngs=rngs)
     self.sigma_map2 = layers.dense(c.cond_dim, c.cond_dim, (None, axes.COND), rngs=rngs)
     self.blocks = blocks.make_stack(lambda rngs: MDLMBlock(c, rngs=rngs), c.num_layers, scan=c.scan_layers,
                                     rngs=rngs)
     self.final_norm = layers.scaled_layer_norm(c.width, rngs=rngs)
-    self.final_modulation = layers.dense(c.cond_dim, 2 * c.width, (axes.COND, axes.EMBED), zero=True,
-                                         out_dtype=jnp.float32, rngs=rngs)
+    self.final_modulation = layers.adaln_modulation(c.cond_dim, c.width, 2, rngs=rngs)
     self.head_linear = layers.dense(c.width, c.vocab_size + 1, (axes.EMBED, axes.VOCAB), zero=True,
                                     dtype=checks.DTYPES[c.dtype], out_dtype=jnp.float32, rngs=rngs)
 
@@ -151,7 +139,7 @@ class MDLMDiT(nnx.Module):
   def _logits(self, h: jax.Array, c: jax.Array) -> jax.Array:
     """Final layer: h [B, L, D], c [B, C] -> logits [B, L, V] over the data tokens (the mask column dropped)."""
     shift, scale = jnp.split(self.final_modulation(c)[:, None, :], 2, axis=-1)
-    return self.head_linear(modulate(self.final_norm(h), shift, scale))[..., :self.config.vocab_size]
+    return self.head_linear(layers.modulate(self.final_norm(h), shift, scale))[..., :self.config.vocab_size]
 
   def _trunk(self, z_t, t, cond, rngs) -> tuple[jax.Array, jax.Array]:
     """(h [B, L, D] float32 after the blocks, c [B, C] float32)."""

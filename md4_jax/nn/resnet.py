@@ -42,11 +42,7 @@ class ConvNetConfig:
                           vocab_size=self.vocab_size, num_channels=self.num_channels,
                           num_groups=self.num_groups)
     checks.check_divides("feature_dim", self.feature_dim, "num_groups", self.num_groups)
-    checks.check_rate("dropout", self.dropout)
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0; got {self.num_classes}")
-    checks.check_choice("dtype", self.dtype, tuple(checks.DTYPES))
-    checks.check_choice("attention", self.attention, checks.ATTENTION_IMPLS)
+    checks.check_network(self)
 
   @property
   def cond_dim(self) -> int:
@@ -86,7 +82,7 @@ class ResBlock(nnx.Module):
     h = self.norm2(h.astype(jnp.float32))
     if proj is not None and self.scale_shift:
       shift, scale = jnp.split(proj, 2, axis=-1)
-      h = h * (1.0 + scale) + shift
+      h = layers.modulate(h, shift, scale)
     h = layers.dropout(jax.nn.swish(h), self.dropout, key)
     if self.shortcut is not None:
       x = self.shortcut(x)
@@ -119,9 +115,7 @@ class ImageBackbone(nnx.Module):
     self.config = config
     c, dtype = config, checks.DTYPES[config.dtype]
     f = c.feature_dim
-    self.embed = nnx.Embed(
-        c.vocab_size + 1, f, rngs=rngs,
-        embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.CHANNELS)))
+    self.embed = layers.embed(c.vocab_size + 1, f, (axes.VOCAB, axes.CHANNELS), rngs=rngs)
     self.cond_embed = (
         embeddings.CondEmbedding(c.cond_dim, time_conditioning=c.time_conditioning,
                                  num_classes=c.num_classes, rngs=rngs)

@@ -51,16 +51,9 @@ class TransformerConfig:
   def __post_init__(self):
     checks.check_positive(vocab_size=self.vocab_size, num_layers=self.num_layers,
                           num_heads=self.num_heads, width=self.width)
-    checks.check_divides("width", self.width, "num_heads", self.num_heads)
-    if (self.width // self.num_heads) % 2:
-      raise ValueError(f"head_dim = width // num_heads = {self.width // self.num_heads} must be "
-                       "even for RoPE")
+    checks.check_heads(self.width, self.num_heads)
     checks.check_choice("mlp_type", self.mlp_type, tuple(blocks.MLP_ACTIVATIONS))
-    checks.check_rate("dropout", self.dropout)
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0; got {self.num_classes}")
-    checks.check_choice("dtype", self.dtype, tuple(checks.DTYPES))
-    checks.check_choice("attention", self.attention, checks.ATTENTION_IMPLS)
+    checks.check_network(self)
     if self.num_outputs < 0:
       raise ValueError(f"num_outputs must be >= 0 (0 = vocab_size); got {self.num_outputs}")
     if self.rope_theta <= 0:
@@ -83,9 +76,7 @@ class Transformer(nnx.Module):
     self.config = config
     c, dtype = config, checks.DTYPES[config.dtype]
     embed_dim = c.head_dim if c.outside_embed else c.width
-    self.embed = nnx.Embed(
-        c.vocab_size + 1, embed_dim, rngs=rngs,
-        embedding_init=layers.partitioned(layers.EMBED_INIT, (axes.VOCAB, axes.EMBED)))
+    self.embed = layers.embed(c.vocab_size + 1, embed_dim, (axes.VOCAB, axes.EMBED), rngs=rngs)
     self.embed_proj = (layers.dense(embed_dim, c.width, (None, axes.EMBED), dtype=dtype, rngs=rngs)
                        if c.outside_embed else None)
     self.cond_embed = (

@@ -43,7 +43,7 @@ class UNetMiddle(nnx.Module):
 
   def __call__(self, h: jax.Array, c: jax.Array | None, key: jax.Array | None) -> jax.Array:
     """h [B, H, W, F] -> [B, H, W, F]."""
-    key1, key2 = (None, None) if key is None else jax.random.split(key)
+    key1, key2 = layers.split_key(key, 2)
 
     def middle(module, h, c, key1, key2):
       return module.block2(module.attention(module.block1(h, c, key1)), c, key2)

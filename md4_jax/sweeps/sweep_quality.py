@@ -38,10 +38,6 @@ def parse_specs(text: str) -> list[list[str]]:
   return specs
 
 
-def _label(spec: list[str]) -> str:
-  return ",".join(spec) or "sampler"
-
-
 def measure(config_path: str, workdir: str, flag_args: list[str], specs: list[list[str]], num_samples: int,
             scorer=None) -> dict:
   """{'step': checkpoint step, 'metrics': {'<metric>[<setting>]': value}} of the latest checkpoint in `workdir`."""
@@ -69,7 +65,7 @@ def measure(config_path: str, workdir: str, flag_args: list[str], specs: list[li
                           mesh=restored.exp.mesh, batch_size=batch_size, label=c if info.num_classes else None)[0]
         for c, n in enumerate(per_class) if n])
     flat = tokens.reshape(tokens.shape[0], -1)
-    label = _label(spec)
+    label = ",".join(spec) or "sampler"  # '' = the experiment's own sampler
     metrics[f"entropy[{label}]"] = float(quality.entropy(flat).mean())
     if reference is not None:
       metrics[f"fid[{label}]"] = fid.fid(info.decode(tokens), reference)

@@ -37,8 +37,7 @@ def product(*sweeps: list[dict]) -> list[dict]:
 
 def zipped(*sweeps: list[dict]) -> list[dict]:
   """The i-th override dicts of all sweeps merged (all sweeps of one length)."""
-  lengths = sorted({len(s) for s in sweeps})
-  if len(lengths) > 1:
+  if len({len(s) for s in sweeps}) > 1:
     raise ValueError(f"zipped sweeps need equal lengths; got {[len(s) for s in sweeps]}")
   return [_merge(combo) for combo in zip(*sweeps)]
 
