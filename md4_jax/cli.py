@@ -63,13 +63,15 @@ def unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str 
 
 
 def parse(argv: list[str], doc: str, define: Callable, *, prepare: Callable = lambda config: config,
-          workdir_help: str = "the training run's directory", need_workdir: bool = True):
+          workdir_help: str = "the training run's directory", need_workdir: bool = True,
+          default_config: str | None = None):
   """(flag values, config) of argv (as sys.argv), or an exit code: 0 after --help, 2 for a usage error, 1 for a
   config that describes another model than the workdir's config.json.
 
   define(flag_values): defines the binary's own flags. prepare(config) -> config: applied to the loaded config
   before the overrides (a binary's defaults). need_workdir=False: --workdir is optional (molecules reads several
-  workdirs of its own flag) and --config gives the config. The config comes back locked.
+  workdirs of its own flag) and --config gives the config. default_config: the experiment file used without
+  --config and config.json. The config comes back locked.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -89,8 +91,8 @@ def parse(argv: list[str], doc: str, define: Callable, *, prepare: Callable = la
   (file, args), (workdir, _) = flag_value(argv, "config"), flag_value(argv, "workdir")
   try:
     saved = run_config.load(workdir) if workdir else None
-    if file:
-      path, _, arg = file.partition(":")
+    if file or (saved is None and default_config):
+      path, _, arg = (file or default_config).partition(":")
       config = config_base.load_experiment(path, arg or None)
     elif saved is not None:
       config = saved.copy_and_resolve_references()  # `saved` stays as written, to compare with

@@ -1,6 +1,7 @@
 """Converts a PyTorch checkpoint of MDLM's DiT (MDLM / ReMDM / DUO) into a workdir of ours.
 
-    python -m md4_jax.convert --source mdlm --input PATH --output WORKDIR [--config experiments/owt_mdlm.py]
+    python -m md4_jax.convert --source mdlm --input PATH --output WORKDIR [--config experiments/owt_mdlm.py] \\
+        [--config.sampler.num_steps=1024 ...]
     md4-convert --source mdlm --input mdlm-owt/ --output /ckpt/mdlm_owt
 
 PATH: a Hugging Face folder (config.json + model.safetensors), a bare .safetensors / .bin state dict, or a Lightning
@@ -15,12 +16,12 @@ the config's tokenizer, an empty WORKDIR) runs before anything is written; a ref
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 
+from md4_jax import cli
 from md4_jax.training import checkpoint
 from md4_jax.training import config_base
 from md4_jax import data as data_lib
@@ -38,6 +39,7 @@ def converted_config(base: ml_collections.ConfigDict, a: mdlm_weights.Architectu
                      scan_layers: bool) -> ml_collections.ConfigDict:
   """`base` (an mdlm_dit experiment) with the checkpoint's sizes; refuses a vocabulary the tokenizer lacks."""
   config = base.copy_and_resolve_references()
+  config.unlock()  # the checkpoint's network fields join the experiment's
   if config.model.kind != "mdlm_dit":
     raise ValueError(f"--config must be an model.kind='mdlm_dit' experiment; got model.kind={config.model.kind!r}")
   info = data_lib.dataset_info(config.data)
@@ -60,22 +62,23 @@ def stack_blocks(params: dict, num_layers: int) -> dict:
   return dict(params, blocks=jax.tree.map(lambda *layers: np.stack(layers), *blocks))
 
 
-def convert(source: str, input_path: str, output: str, config_path: str = DEFAULT_CONFIG, *,
+def convert(source: str, input_path: str, output: str, config: ml_collections.ConfigDict | None = None, *,
             num_heads: int | None = None, time_conditioning: bool | None = None, scan_layers: bool = False) -> str:
-  """Writes the workdir `output` from the checkpoint `input_path`; returns a one-line description."""
+  """Writes the workdir `output` from the checkpoint `input_path` (config: the mdlm_dit experiment its config starts
+  from, default DEFAULT_CONFIG); returns a one-line description."""
   if source not in SOURCES:
     raise ValueError(f"unknown --source {source!r}; valid: {', '.join(SOURCES)}")
   if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
     raise ValueError(f"--output {output!r} exists and is not an empty folder; converted weights go to a new workdir")
   loaded = mdlm_weights.load(input_path, num_heads=num_heads, time_conditioning=time_conditioning)
-  return write_workdir(loaded, output, config_path, scan_layers=scan_layers)
+  return write_workdir(loaded, output, config, scan_layers=scan_layers)
 
 
-def write_workdir(loaded: mdlm_weights.Loaded, output: str, config_path: str = DEFAULT_CONFIG, *,
+def write_workdir(loaded: mdlm_weights.Loaded, output: str, config: ml_collections.ConfigDict | None = None, *,
                   scan_layers: bool = False) -> str:
   """config.json and a step-0 checkpoint of `loaded` in `output` (checks the vocabulary first)."""
   a = loaded.architecture
-  config = converted_config(config_base.load_experiment(config_path), a, scan_layers)
+  config = converted_config(config or config_base.load_experiment(DEFAULT_CONFIG), a, scan_layers)
   exp = experiment_lib.build(config, inference=True)
   params = {"network": stack_blocks(loaded.params, a.num_layers) if scan_layers else loaded.params}
   expected = jax.tree.map(lambda a: a.shape, exp.abstract_state.params)
@@ -94,45 +97,35 @@ def write_workdir(loaded: mdlm_weights.Loaded, output: str, config_path: str = D
           f"{sum(x.size for x in jax.tree.leaves(params)):,} parameters")
 
 
-def main(argv: list[str]) -> int:
+def define_flags(f) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FlagValues()
   flags.DEFINE_string("source", "mdlm", f"checkpoint family; valid: {', '.join(SOURCES)}", flag_values=f)
   flags.DEFINE_string("input", None, "HF folder, .safetensors, .bin or Lightning .ckpt", flag_values=f)
   flags.DEFINE_string("output", None, "new workdir (absent or empty)", flag_values=f)
-  flags.DEFINE_string("config", DEFAULT_CONFIG, "mdlm_dit experiment file the workdir's config starts from",
-                      flag_values=f)
   flags.DEFINE_integer("num_heads", None, "attention heads (default: the HF config's n_heads, else width // 64)",
                        flag_values=f)
   flags.DEFINE_bool("time_conditioning", None, "default: the HF config's, else False (MDLM's OWT model)",
                     flag_values=f)
   flags.DEFINE_bool("scan_layers", False, "write the blocks stacked (model.network.scan_layers=True)",
                     flag_values=f)
-  if any(a in ("-h", "--help", "-help") for a in argv[1:]):
-    print(__doc__ + "\n" + f.get_help(), flush=True)
-    return 0
-  try:
-    rest = f(argv)
-  except flags.Error as error:
-    print(f"usage error: {error} (see --help)", file=sys.stderr, flush=True)
-    return 2
+
+
+def main(argv: list[str]) -> int:
+  """`python -m md4_jax.convert` (argv as sys.argv; --config: the mdlm_dit experiment the workdir's config starts
+  from, default experiments/owt_mdlm.py); returns the exit code."""
+  return cli.run(argv, __doc__, define_flags, _convert, need_workdir=False, default_config=DEFAULT_CONFIG,
+                 workdir_help="unused (the new workdir is --output)")
+
+
+def _convert(f, config: ml_collections.ConfigDict) -> int | None:
   missing = [f"--{name}" for name in ("input", "output") if f[name].value is None]
-  if missing or len(rest) > 1:
-    problem = f"missing {', '.join(missing)}" if missing else f"unexpected arguments {rest[1:]}"
-    print(f"usage error: {problem} (see --help)", file=sys.stderr, flush=True)
-    return 2
-  try:
-    print(convert(f.source, f.input, f.output, f.config, num_heads=f.num_heads,
-                  time_conditioning=f.time_conditioning, scan_layers=f.scan_layers), flush=True)
-  except (ValueError, OSError, ImportError) as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    return 1
-  return 0
+  if missing:
+    return cli.usage_error(f"missing {', '.join(missing)} (see --help)")
+  print(convert(f.source, f.input, f.output, config, num_heads=f.num_heads, time_conditioning=f.time_conditioning,
+                scan_layers=f.scan_layers), flush=True)
 
 
-def run() -> None:
-  """Console entry point (md4-convert) and `python -m md4_jax.convert`."""
-  sys.exit(main(sys.argv))
+run = cli.entry(main)  # console entry point (md4-convert) and `python -m md4_jax.convert`
 
 
 if __name__ == "__main__":
