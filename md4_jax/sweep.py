@@ -21,7 +21,6 @@ mode). --multihost (launch/tpu_pod.sh's sweep mode) passes --multihost to every 
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import os
@@ -32,6 +31,7 @@ import sys
 import time
 import warnings
 
+from md4_jax import cli
 from md4_jax.training import atomic
 from md4_jax.sweeps import sweep_report
 from md4_jax.sweeps import sweep_spec
@@ -209,39 +209,42 @@ def _progress(run: _Run, row: dict, walls: list[float], running: dict, pending: 
   print(" | ".join(parts), flush=True)
 
 
-def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(prog="python -m md4_jax.sweep", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", required=True, help="experiment file with get_sweep() (path or path:arg)")
-  parser.add_argument("--workdir", required=True, help="ROOT: member <name> trains in ROOT/<name>")
-  parser.add_argument("--parallel", type=int, default=1, help="members run at once (GPUs split between them)")
-  parser.add_argument("--only", default=None, help="run / report only members whose name matches this regex")
-  parser.add_argument("--list", action="store_true", help="print the members and their overrides, then stop")
-  parser.add_argument("--report_only", action="store_true", help="write the report from the workdirs as they are")
-  parser.add_argument("--no_report", action="store_true", help="skip the report at the end")
-  parser.add_argument("--member_args", type=int, default=None, metavar="I",
-                      help="print member I's md4_jax.train arguments, one per line (for launchers), then stop")
-  parser.add_argument("--devices", type=int, default=1,
-                      help="devices each member runs on, for validating meshes and batch sizes (default 1)")
-  parser.add_argument("--multihost", action="store_true", help="pass --multihost to every member (TPU pod)")
-  parser.add_argument("--compilation_cache_dir", default=None,
-                      help="the members' shared JAX compilation cache (default: md4_jax.train's)")
-  parser.add_argument("--sample_quality", default=None, metavar="SPECS",
-                      help="';'-separated sampler overrides (e.g. 'num_steps=16,grid=cosine;num_steps=64'; '' = "
-                      "the experiment's sampler): sample each finished member and add quality columns")
-  parser.add_argument("--quality_samples", type=int, default=256, help="samples per member and sampler spec")
-  parser.add_argument("--scorer_config", default=None, help="--sample_quality: an 'ar' experiment file (Gen PPL)")
-  parser.add_argument("--scorer_workdir", default=None, help="--sample_quality: the scorer's training workdir")
-  args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith("--config.") or "=" not in a]
-  if bad:
-    parser.error(f"unrecognized arguments {bad}; config overrides take the form --config.key=value")
-  if args.parallel < 1 or (args.multihost and args.parallel != 1):
-    parser.error(f"--parallel={args.parallel}: must be >= 1 (and 1 with --multihost)")
-  return args, rest
+def define_flags(fv) -> None:
+  """The sweep's flags besides --config (the experiment file with get_sweep(), path or path:arg) and --workdir."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_integer("parallel", 1, "members run at once (GPUs split between them)", flag_values=fv)
+  flags.DEFINE_string("only", None, "run / report only members whose name matches this regex", flag_values=fv)
+  flags.DEFINE_bool("list", False, "print the members and their overrides, then stop", flag_values=fv)
+  flags.DEFINE_bool("report_only", False, "write the report from the workdirs as they are", flag_values=fv)
+  flags.DEFINE_bool("no_report", False, "skip the report at the end", flag_values=fv)
+  flags.DEFINE_integer("member_args", None, "print member I's md4_jax.train arguments, one per line (for "
+                       "launchers), then stop", flag_values=fv)
+  flags.DEFINE_integer("devices", 1, "devices each member runs on, for validating meshes and batch sizes",
+                       flag_values=fv)
+  flags.DEFINE_bool("multihost", False, "pass --multihost to every member (TPU pod)", flag_values=fv)
+  flags.DEFINE_string("compilation_cache_dir", None, "the members' shared JAX compilation cache (default: "
+                      "md4_jax.train's)", flag_values=fv)
+  flags.DEFINE_string("sample_quality", None, "';'-separated sampler overrides (e.g. 'num_steps=16,grid=cosine;"
+                      "num_steps=64'; '' = the experiment's sampler): sample each finished member and add quality "
+                      "columns", flag_values=fv)
+  flags.DEFINE_integer("quality_samples", 256, "samples per member and sampler spec", flag_values=fv)
+  flags.DEFINE_string("scorer_config", None, "--sample_quality: an 'ar' experiment file (Gen PPL)", flag_values=fv)
+  flags.DEFINE_string("scorer_workdir", None, "--sample_quality: the scorer's training workdir", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
-  args, common = _parse(sys.argv[1:] if argv is None else argv)
+  """`python -m md4_jax.sweep` (argv as sys.argv); returns the exit code (module docstring)."""
+  argv = sys.argv if argv is None else argv
+  parsed = cli.parse(argv, __doc__, define_flags, workdir_help="ROOT: member <name> trains in ROOT/<name>")
+  if isinstance(parsed, int):
+    return parsed
+  args = parsed[0]
+  config_path = cli.flag_value(argv, "config")[0]  # the file (path[:arg]) the members are started with
+  common = [a for a in argv[1:] if a.startswith("--config.")]  # overrides passed on to every member
+  if any("=" not in a for a in common):
+    return cli.usage_error("config overrides take the form --config.key=value")
+  if args.parallel < 1 or (args.multihost and args.parallel != 1):
+    return cli.usage_error(f"--parallel={args.parallel}: must be >= 1 (and 1 with --multihost)")
   import jax  # pylint: disable=g-import-not-at-top
   # Validation sees `--devices` CPU devices and never claims an accelerator the members need.
   jax.config.update("jax_platforms", "cpu")
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
   logging.set_verbosity(logging.WARNING)
   root = os.path.abspath(args.workdir)
   try:
-    members = sweep_spec.load_sweep(args.config)
+    members = sweep_spec.load_sweep(config_path)
     if args.member_args is not None:
       if not 0 <= args.member_args < len(members):
         raise ValueError(f"--member_args={args.member_args}: the sweep has members 0..{len(members) - 1}")
@@ -261,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m.index}\t{m.name}\t{json.dumps(m.overrides)}")
       print(f"{len(chosen)} of {len(members)} members (SLURM: sbatch --array=0-{len(members) - 1} ...)")
       return 0
-    configs = sweep_spec.validate(args.config, chosen, common)
+    configs = sweep_spec.validate(config_path, chosen, common)
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     return 2
   if args.member_args is not None:
-    print("\n".join(train_args(args.config, root, chosen[0], common)))
+    print("\n".join(train_args(config_path, root, chosen[0], common)))
     return 0
   num_steps = {name: c.train.num_steps for name, c in configs.items()}
   failed = []
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = train.DEFAULT_COMPILATION_CACHE if args.compilation_cache_dir is None else args.compilation_cache_dir
     print(f"sweep of {len(chosen)} member(s) in {root}, {args.parallel} at a time; compilation cache {cache!r}",
           flush=True)
-    outcome = run_members(args.config, root, chosen, num_steps, common, parallel=args.parallel,
+    outcome = run_members(config_path, root, chosen, num_steps, common, parallel=args.parallel,
                           cache_dir=cache, multihost=args.multihost, total=len(members))
     failed = [name for name, o in outcome.items() if o == "failed"]
     if any(o == "interrupted" for o in outcome.values()):
@@ -285,10 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     from md4_jax.sweeps import sweep_quality  # pylint: disable=g-import-not-at-top
     scorer = ["--scorer_config", args.scorer_config, "--scorer_workdir", args.scorer_workdir] if (
         args.scorer_config) else []
-    sweep_quality.run_all(args.config, root, chosen, common, args.sample_quality, args.quality_samples,
+    sweep_quality.run_all(config_path, root, chosen, common, args.sample_quality, args.quality_samples,
                           num_steps, scorer)
   if not args.no_report:
-    rows = sweep_report.write(root, chosen, num_steps, f"sweep {os.path.basename(args.config)} in {root}")
+    rows = sweep_report.write(root, chosen, num_steps, f"sweep {os.path.basename(config_path)} in {root}")
     print(f"report: {os.path.join(root, 'report.md')} ({sum(r['status'] == 'done' for r in rows)} of "
           f"{len(rows)} members done)", flush=True)
   if failed:
@@ -297,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-def run() -> None:
-  """Console entry point (md4-sweep) and `python -m md4_jax.sweep`."""
-  sys.exit(main())
+run = cli.entry(main)  # console entry point (md4-sweep) and `python -m md4_jax.sweep`
 
 
 if __name__ == "__main__":

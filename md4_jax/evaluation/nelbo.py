@@ -41,7 +41,7 @@ def eval_step(params, batch: dict, key: jax.Array, *, graphdef) -> jax.Array:
 def make_eval_fn(exp: experiment_lib.Experiment, step=eval_step, **kwargs):
   """jit of step(params, batch, key, graphdef=..., **kwargs) with the batch split over the experiment's mesh."""
   return jax.jit(functools.partial(step, graphdef=exp.graphdef, **kwargs),
-                 in_shardings=(exp.params_sharding, sharding.batch_sharding(exp.mesh), None),
+                 in_shardings=(exp.state_sharding.params, sharding.batch_sharding(exp.mesh), None),
                  out_shardings=sharding.batch_sharding(exp.mesh))
 
 
@@ -86,7 +86,7 @@ def make_mc_eval_fn(exp: experiment_lib.Experiment, num_mc_samples: int = 1, dis
   return make_eval_fn(exp, mc_eval_step, num_mc_samples=num_mc_samples, discrete_steps=discrete_steps)
 
 
-def _local_batches(config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict, split: str,
+def local_batches(config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict, split: str,
                    whole_split: bool) -> Iterator[tuple[dict, int]]:
   """(this process's part of a global batch, the number of real examples in the global batch).
 
@@ -122,7 +122,7 @@ def per_example_nats(exp: experiment_lib.Experiment, eval_fn, params, split: str
   data_config = config.data if data_config is None else data_config
   key = jax.random.key(config.seed + 1)
   values = []
-  for index, (local, num_real) in enumerate(_local_batches(config, data_config, split, whole_split)):
+  for index, (local, num_real) in enumerate(local_batches(config, data_config, split, whole_split)):
     out = eval_fn(params, exp.global_batch(local), jax.random.fold_in(key, index))
     values.append(np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float64)[:num_real])
   if not values:

@@ -66,11 +66,11 @@ def measure(config_path: str, workdir: str, flag_args: list[str], specs: list[li
         for c, n in enumerate(per_class) if n])
     flat = tokens.reshape(tokens.shape[0], -1)
     label = ",".join(spec) or "sampler"  # '' = the experiment's own sampler
-    metrics[f"entropy[{label}]"] = float(quality.entropy(flat).mean())
+    for name, value in quality.text_quality(flat, scorer).items():  # entropy; gen_ppl with a scorer
+      if value is not None:
+        metrics[f"{name}[{label}]"] = value
     if reference is not None:
       metrics[f"fid[{label}]"] = fid.fid(info.decode(tokens), reference)
-    if scorer is not None:
-      metrics[f"gen_ppl[{label}]"] = quality.gen_ppl(scorer.score, flat)
   return {"step": restored.step, "metrics": metrics}
 
 

@@ -43,10 +43,6 @@ class Experiment:
     """What bits per token divide by (md4_jax.objectives: L, or 1 for a label predictor)."""
     return objectives.get(self.config.diffusion.objective).tokens_per_example(self.info.data_shape)
 
-  @property
-  def params_sharding(self) -> dict:
-    return self.state_sharding.params
-
   def global_batch(self, local: dict) -> dict:
     """This process's numpy batch -> global int32 jax arrays split over the mesh."""
     batch_sharding = sharding.batch_sharding(self.mesh)

@@ -13,9 +13,9 @@ import os
 import jax
 import numpy as np
 
-from md4_jax import data as data_lib
 from md4_jax.training import experiment as experiment_lib
 from md4_jax import generate
+from md4_jax.evaluation import nelbo
 from md4_jax import objectives
 from md4_jax import sampling
 
@@ -38,10 +38,7 @@ def check_intervals(train) -> None:
 def check_evaluation(exp: experiment_lib.Experiment, eval_fn) -> None:
   """The validation split gives one global batch of train.eval_batch_size, and eval_fn traces on it."""
   config = exp.config
-  count, index = jax.process_count(), jax.process_index()
-  dataset = data_lib.make_dataset(config.data, "validation", batch_size=config.train.eval_batch_size // count,
-                                  seed=config.seed, shard_index=index, shard_count=count)
-  if next(iter(dataset), None) is None:
+  if next(nelbo.local_batches(config, config.data, "validation", whole_split=False), None) is None:
     raise ValueError(f"the validation split of {config.data.name!r} gives no batch of train.eval_batch_size="
                      f"{config.train.eval_batch_size}; lower it or set train.eval_every=0")
   jax.eval_shape(eval_fn, exp.abstract_state.ema_params, exp.abstract_batch(config.train.eval_batch_size),
