@@ -15,7 +15,6 @@ measured at the same checkpoint step with the same settings is not sampled again
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ import sys
 
 import numpy as np
 
+from md4_jax import cli
 from md4_jax.training import atomic
 from md4_jax.sweeps import sweep_report
 from md4_jax.sweeps import sweep_spec
@@ -101,30 +101,36 @@ def run_all(config_path: str, root: str, members: list[sweep_spec.Member], commo
             file=sys.stderr, flush=True)
 
 
+def define_flags(fv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("specs", None, "';'-separated sampler settings (module docstring)", flag_values=fv)
+  flags.DEFINE_integer("num_samples", 256, "samples per setting", flag_values=fv)
+  flags.DEFINE_string("output", None, "the member's quality.json", flag_values=fv)
+  flags.DEFINE_string("scorer_config", None, "experiment file of an 'ar' Gen-PPL scorer", flag_values=fv)
+  flags.DEFINE_string("scorer_workdir", None, "its training workdir", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m md4_jax.sweeps.sweep_quality", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--specs", required=True)
-  parser.add_argument("--num_samples", type=int, default=256)
-  parser.add_argument("--output", required=True)
-  parser.add_argument("--scorer_config", default=None, help="experiment file of an 'ar' Gen-PPL scorer")
-  parser.add_argument("--scorer_workdir", default=None, help="its training workdir")
-  args, flag_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  try:
+  """`python -m md4_jax.sweeps.sweep_quality --config X --workdir MEMBER [--config.k=v ...] --specs S --output F`
+  (argv as sys.argv; the sweep runs it per member); returns the exit code."""
+  argv = sys.argv if argv is None else argv
+
+  def body(args, config) -> int | None:
+    del config  # each setting's config is resolved from the file and the member's overrides
+    if args.specs is None or args.output is None:
+      return cli.usage_error("give --specs and --output")
     specs = parse_specs(args.specs)
     scorer = None
     if args.scorer_config:
       from md4_jax.evaluation import quality  # pylint: disable=g-import-not-at-top
       scorer = quality.load_scorer(ar_config=sweep_spec.resolve(args.scorer_config, []),
                                    ar_workdir=args.scorer_workdir)
-    result = measure(args.config, args.workdir, flag_args, specs, args.num_samples, scorer)
-  except ValueError as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    return 1
-  atomic.write(args.output, json.dumps({"specs": specs, "num_samples": args.num_samples, **result}, indent=1))
-  return 0
+    flag_args = [a for a in argv[1:] if a.startswith("--config.")]
+    result = measure(cli.flag_value(argv, "config")[0], args.workdir, flag_args, specs, args.num_samples, scorer)
+    atomic.write(args.output, json.dumps({"specs": specs, "num_samples": args.num_samples, **result}, indent=1))
+
+  return cli.run(argv, __doc__, define_flags, body, workdir_help="the member's workdir")
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.entry(main)()
