@@ -1,12 +1,13 @@
 """The one command-line convention of the binaries (train, evaluate, sample_ancestral, sample_remdm, scaling_report,
-molecules): absl flags plus an ml_collections config flag.
+molecules, convert, sweep and the sweep's per-member sweep_quality): absl flags plus an ml_collections config flag.
 
     python -m md4_jax.<binary> --workdir W [--config experiments/<name>.py[:arg]] [--config.a.b=v ...] [flags]
 
-The config is the experiment file given by --config, else the run's own WORKDIR/config.json (md4_jax.training.run_config):
-a trained workdir needs no --config. `--config.a.b=v` overrides a field; a field the config lacks ends the program
-with one line naming it and the closest valid one (exit status 2). Where the workdir holds a config.json, the
-config used must describe the same model (checkpoint.fingerprint): otherwise one error names the differences.
+The config is the experiment file given by --config, else the run's own WORKDIR/config.json
+(md4_jax.training.run_config): a trained workdir needs no --config. `--config.a.b=v` overrides a field; a field the
+config lacks ends the program with one line naming it and the closest valid one (exit status 2). Where the workdir
+holds a config.json, the config used must describe the same model (checkpoint.fingerprint): otherwise one error
+names the differences.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@
 For every (model, sampler, guidance, gamma, T, seed) it draws `num_samples` SMILES steered toward label 1
 (property >= its 90th percentile) by D-CFG (gamma 0: unconditional, 1: conditional; label-conditioned models) or
 D-CBG with a noisy classifier trained by `python -m md4_jax.train --config experiments/qm9_classifier.py` (masked
-models; gamma 0: unguided). A model with neither runs once, gamma '-'. It counts with RDKit: valid (parsable, non-empty), unique (distinct canonical SMILES among the valid), novel (unique
-and not in the training split), and the mean property (`data.label`: ring count or QED) over the novel ones.
+models; gamma 0: unguided). A model with neither runs once, gamma '-'. It counts with RDKit: valid (parsable,
+non-empty), unique (distinct canonical SMILES among the valid), novel (unique and not in the training split), and the
+mean property (`data.label`: ring count or QED) over the novel ones.
 Writes results.csv, results.md (a markdown table) and frontier.png (novel count vs mean property).
 """
 from __future__ import annotations

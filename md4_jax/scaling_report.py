@@ -25,7 +25,6 @@ run), report.png (matplotlib, if installed) and samples/<method>_T<T>.{txt|png,j
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import jax

@@ -2,7 +2,6 @@
 time grid, loop phase rule and overshoot, final noise removal at t = 1e-5) and top_p_rule 'remdm_sort' (ties cut
 in sort order)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -127,7 +127,8 @@ def markdown(title: str, rows: list[dict], groups: list[dict], columns: list[str
            "logged; wall_s: the sweep's measured run time.", ""]
   cells = [[_fmt(r.get(c), 1 if c == "wall_s" else 4) for c in columns] for r in rows]
   lines += tables.markdown_lines(columns, cells)
-  lines += ["", "## Settings (seeds grouped)", "", "| setting | mean bpt | std | n / seeds | |", "|---|---|---|---|---|"]
+  lines += ["", "## Settings (seeds grouped)", "",
+            "| setting | mean bpt | std | n / seeds | |", "|---|---|---|---|---|"]
   lines += [f"| {g['setting']} | {_fmt(g['mean'])} | {_fmt(g['std'])} | {g['n']} / {g['seeds']} | "
             f"{'**best**' if g['best'] else ''} |" for g in groups]
   return "\n".join(lines) + "\n"
