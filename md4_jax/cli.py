@@ -36,9 +36,16 @@ def flag_value(argv: list[str], name: str) -> tuple[str | None, list[str]]:
   return value, rest
 
 
+def print_error(message: str, kind: str = "error") -> None:
+  """'<kind>: <message>' on stderr in one write (print() writes the newline apart: a thread printing at the same
+  time, as TensorStore's after a failed save, could land inside the line)."""
+  sys.stderr.write(f"{kind}: {message}\n")
+  sys.stderr.flush()
+
+
 def usage_error(message: str) -> int:
   """Prints 'usage error: <message>' to stderr; returns 2, the exit status of a usage error."""
-  print(f"usage error: {message}", file=sys.stderr, flush=True)
+  print_error(message, "usage error")
   return 2
 
 
@@ -120,7 +127,7 @@ def parse(argv: list[str], doc: str, define: Callable, *, prepare: Callable = la
     try:
       run_config.check(saved, flag_values.config, workdir)
     except ValueError as error:
-      print(f"error: {error}", file=sys.stderr, flush=True)
+      print_error(str(error))
       return 1
   return flag_values, flag_values.config
 
@@ -140,7 +147,7 @@ def run(argv: list[str], doc: str, define: Callable, body: Callable, *, verbosit
   try:
     return body(flag_values, config) or 0
   except (ValueError, OSError, ImportError, FloatingPointError) as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)
+    print_error(str(error))
     return 1
 
 

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
       return 0
     configs = sweep_spec.validate(config_path, chosen, common)
   except ValueError as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)
+    cli.print_error(str(error))
     return 2
   if args.member_args is not None:
     print("\n".join(train_args(config_path, root, chosen[0], common)))

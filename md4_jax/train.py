@@ -234,12 +234,21 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, start: float)
           generate.training_samples(exp.graphdef, state.ema_params, config, exp.info, mesh, workdir, step)
         saver.check()  # a failed background save stops the run here, not at the next checkpoint
   finally:
-    try:
-      saver.close()
-    finally:
-      writer.close()
-      preemption.restore()
+    _close_all(saver.close, writer.close, preemption.restore, quiet=sys.exc_info()[1] is not None)
   return last
+
+
+def _close_all(*closers, quiet: bool) -> None:
+  """Runs every closer, then raises the first error, unless `quiet`: a failing run's own error is the one to report,
+  not a cleanup's after it (metrics.jsonl on the disk that a checkpoint filled)."""
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as error:  # pylint: disable=broad-except
+      first = first or error
+  if first is not None and not quiet:
+    raise first
 
 
 def _due(step: int, every: int, num_steps: int) -> bool:
@@ -284,7 +293,7 @@ def main(argv: list[str]) -> int:
     try:
       train_and_evaluate(config, f.workdir)
     except workdir_lock.WorkdirLockedError as error:
-      print(f"error: {error}", file=sys.stderr, flush=True)
+      cli.print_error(str(error))
       return 1
   return cli.run(argv, __doc__, define_flags, body, verbosity="warning",
                  workdir_help="directory for checkpoints, metrics and samples")

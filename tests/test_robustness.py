@@ -174,6 +174,9 @@ def test_stderr_filter_drops_only_the_closed_event_loop_tracebacks():
   kept = ["step 1/8", "Traceback (most recent call last):", '  File "train.py", line 1, in <module>',
           "ValueError: a real error", "error: the last line"]
   interleaved = noise[:3] + noise[:2] + [kept[0]] + noise[3:] + kept[1:3] + noise[2:] + kept[3:]  # two threads
+  # headers whose next line is another thread's: dropped, whatever their indentation (only a File line keeps one)
+  interleaved[-1:-1] = [noise[0], "    " + noise[0], "Event loop is closed    self._check_closed()",
+                        ": Event loop is closed", "RuntimeError"]
   code = ("import sys; from md4_jax.training import stderr_filter; f = stderr_filter.ClosedLoopFilter(); "
           f"print({chr(10).join(interleaved)!r}, file=sys.stderr); f.close()")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)

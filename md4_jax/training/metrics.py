@@ -62,8 +62,11 @@ class MetricWriter:
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+      self._jsonl.flush()
+    except OSError as error:  # a full disk: say which file
+      raise OSError(error.errno, f"writing {self._jsonl.name} failed: {error.strerror}") from error
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, step)
     self._tb.flush()

@@ -16,17 +16,19 @@ import sys
 import threading
 
 HEADER = b"Traceback (most recent call last):"
-# The pieces of those tracebacks. Several threads print at once, so their lines interleave, even within a line
-# ("RuntimeError:     raise RuntimeError('Event loop is closed')"): a line made only of these pieces is noise.
+# The pieces of those tracebacks, as Python writes them (the last line in three writes: 'RuntimeError', ': ', the
+# message). Several threads print at once, so their lines interleave, even within a line ("RuntimeError:     raise
+# RuntimeError('Event loop is closed')", ": Event loop is closed"): a line made only of these pieces is noise.
 _PIECES = re.compile(
     rb"Traceback \(most recent call last\):|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)"
-    rb"|RuntimeError: Event loop is closed|RuntimeError:?"
+    rb"|RuntimeError|:|Event loop is closed"
     rb"|File \"[^\"]*asyncio[^\"]*\", line \d+, in (?:call_soon_threadsafe|_check_closed)")
 
 
 def is_noise(line: bytes) -> bool:
   """True for a line made only of pieces of those tracebacks (or blank); a lone traceback header is not noise
-  (the filter holds it until the next line says whose traceback it starts)."""
+  (the filter holds it until the next line says whose traceback it starts: a `File "..."` line other than
+  asyncio's keeps it, anything else drops it)."""
   line = line.strip()
   return line != HEADER and not _PIECES.sub(b"", line).strip()
 
@@ -50,9 +52,9 @@ class ClosedLoopFilter:
         if is_noise(line):
           header = None
           continue
-        if header is not None:
+        if header is not None and line.lstrip().startswith(b"File \""):  # a traceback of its own: keep both
           os.write(self._target, header)
-          header = None
+        header = None
         if line.strip() == HEADER:
           header = line
         else:
