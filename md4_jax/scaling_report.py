@@ -66,17 +66,6 @@ def method_config(method: str, num_steps: int, ancestral_base: ml_collections.Co
   return config
 
 
-def for_scorer(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
-  """A scorer's config with its (training) batch sizes fitted to `batch_size`, so it builds on any device count,
-  its parameters replicated over every device."""
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.mesh.data, config.mesh.fsdp = -1, 1
-    config.train.batch_size = batch_size * config.train.grad_accum_steps
-    config.train.eval_batch_size = batch_size
-  return config
-
-
 def run_report(restored: experiment.Restored, bases: dict[str, ml_collections.ConfigDict], methods: list[str],
                steps: list[int], *, num_samples: int, batch_size: int, seed: int, output_dir: str,
                scorer: quality.Scorer | None = None, reference: np.ndarray | None = None,
@@ -244,7 +233,7 @@ def _report(fv, config: ml_collections.ConfigDict, loaded: ml_collections.Config
     scorer_config = fv.scorer_config or run_config.load(fv.scorer_workdir)
     if scorer_config is None:
       raise ValueError(f"{run_config.path(fv.scorer_workdir)} not found; give the scorer's --scorer_config")
-    scorer = quality.ar_scorer(for_scorer(scorer_config, batch_size), fv.scorer_workdir, fv.scorer_step, batch_size)
+    scorer = quality.ar_scorer(scorer_config, fv.scorer_workdir, fv.scorer_step, batch_size)
   if scorer is not None and scorer.vocab_size != restored.exp.info.vocab_size:
     raise ValueError(f"the scorer {scorer.name} has V={scorer.vocab_size} tokens, the samples V="
                      f"{restored.exp.info.vocab_size}; score with a model of the same tokenizer")

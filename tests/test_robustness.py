@@ -46,8 +46,8 @@ def _finish(proc, timeout):
 
 def _hold_lock(workdir):
   """A real process holding the lock of `workdir` until killed; returns it once the lock is taken."""
-  code = ("import sys, time; from md4_jax.training.workdir_lock import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
-          "print('held', flush=True); time.sleep(600)")
+  code = ("import sys, time; from md4_jax.training.workdir_lock import WorkdirLock; "
+          "WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                           text=True)
   assert proc.stdout.readline().strip() == "held"
@@ -194,10 +194,12 @@ def straight_run(tmp_path_factory):
   return workdir
 
 
-def _largest_array_file(folder):
+def _array_files(folder):
+  """The array data files of a checkpoint step, largest first. Which arrays share a file depends on the write's
+  timing: the EMA parameters alone (what the binaries read) may not touch the largest one, so all are damaged."""
   files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(folder, "state")) for f in fs
            if os.sep + "d" + os.sep in os.path.join(d, f)]
-  return os.path.relpath(max(files, key=os.path.getsize), folder)
+  return [os.path.relpath(f, folder) for f in sorted(files, key=os.path.getsize, reverse=True)]
 
 
 DAMAGE = [("state/manifest.ocdbt", "truncate", "its arrays cannot be read"),
@@ -216,13 +218,13 @@ def test_damaged_newest_checkpoint_is_named_set_aside_and_skipped(straight_run, 
   workdir = tmp_path / "run"
   shutil.copytree(straight_run, workdir)
   folder = workdir / "checkpoints" / "8"
-  name = _largest_array_file(folder) if name == "arrays" else name
-  path = folder / name
-  size = path.stat().st_size
-  if how == "delete":
-    path.unlink()
-  else:
-    path.write_bytes(b"\0" * size if how == "zero" else path.read_bytes()[:size // 2])
+  names = _array_files(folder) if name == "arrays" else [name]
+  name, size = names[0], (folder / names[0]).stat().st_size
+  for path in (folder / n for n in names):
+    if how == "delete":
+      path.unlink()
+    else:
+      path.write_bytes(b"\0" * path.stat().st_size if how == "zero" else path.read_bytes()[:path.stat().st_size // 2])
   config = tiny_config(num_steps=8)
   # The binaries: named, the step before used (--step not given), or refused (--step=8); nothing moved.
   assert experiment.restore_ema(config, str(workdir)).step == 4

@@ -115,16 +115,20 @@ def _batched_scorer(name: str, log_probs, last_hidden, vocab_size: int, batch_si
 
 def ar_scorer(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
               batch_size: int | None = None) -> Scorer:
-  """The EMA parameters of an 'ar' checkpoint as a Scorer (one process; batches of config.train.eval_batch_size).
+  """The EMA parameters of an 'ar' checkpoint as a Scorer (one process; batches of batch_size, default
+  config.train.eval_batch_size; parameters replicated over every device, whatever mesh the scorer trained on).
 
   score: log p(x_n | x_<n) for all L tokens, the first given the BOS (the mask id V, as in training).
   features: the last block's residual stream at the last position of [BOS, x] (Transformer.hidden_states).
   """
   if config.diffusion.objective != "ar":
     raise ValueError(f"ar_scorer needs a checkpoint of diffusion.objective='ar'; got {config.diffusion.objective!r}")
+  batch_size = batch_size or config.train.eval_batch_size
+  config = ml_collections.ConfigDict(config.to_dict())  # its training batch sizes fitted, so it builds anywhere
+  config.mesh.data, config.mesh.fsdp = -1, 1
+  config.train.batch_size, config.train.eval_batch_size = batch_size * config.train.grad_accum_steps, batch_size
   restored = experiment_lib.restore_ema(config, workdir, step)
   exp, params, step = restored.exp, restored.params, restored.step
-  batch_size = batch_size or config.train.eval_batch_size
   if batch_size % exp.mesh.size:
     raise ValueError(f"batch_size={batch_size} must be divisible by the {exp.mesh.size} devices")
   vocab_size, graphdef = exp.info.vocab_size, exp.graphdef
