@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from md4_jax import evaluate, generate, molecules, sample_ancestral, sample_remdm, scaling_report, train
+from md4_jax import convert, evaluate, generate, molecules, sample_ancestral, sample_remdm, scaling_report, sweep, train
 from md4_jax.training import experiment, run_config
 from test_sample_binaries import TINY
 from train_configs import tiny_config
 
 BINARIES = {"train": train, "evaluate": evaluate, "sample_ancestral": sample_ancestral,
-            "sample_remdm": sample_remdm, "scaling_report": scaling_report, "molecules": molecules}
+            "sample_remdm": sample_remdm, "scaling_report": scaling_report, "molecules": molecules,
+            "convert": convert, "sweep": sweep}
 
 
 @pytest.fixture(scope="module")
